@@ -1,0 +1,170 @@
+"""One typed, frozen settings object, read once from the environment and ``.env``."""
+
+import os
+from email.headerregistry import Address
+from email.utils import parseaddr
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import FilePath, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config.providers import preset
+from worker.errors import ConfigurationError
+
+Security = Literal["starttls", "ssl", "none"]
+
+# Ports with a conventional security mode; every other port defaults to STARTTLS,
+# so an unknown relay is never spoken to in clear text by accident.
+PORT_SECURITY: dict[int, Security] = {465: "ssl", 1025: "none"}
+LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+SECRET_FIELDS = {"email_password", "flower_basic_auth"}
+
+
+class Settings(BaseSettings):
+    """Every variable of the public contract. Secrets are ``SecretStr``: masked in repr."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", frozen=True, extra="ignore"
+    )
+
+    redis_url: str = "redis://localhost:6379/0"
+
+    smtp_provider: str | None = None  # fills host, port and security; explicit values win
+    smtp_server: str = "localhost"  # the development sink (`emailq sink`)
+    smtp_port: int = 1025
+    smtp_security: Security | None = None  # None: chosen from the port (PORT_SECURITY)
+    smtp_ca_file: FilePath | None = None  # added to the system CAs, never replaces verification
+    smtp_timeout_s: float = 30.0  # per SMTP command; providers can take seconds to answer DATA
+    smtp_helo_name: str | None = None  # None: this host's name, without a DNS lookup
+
+    email_address: str | None = None  # the article's name: login and default From
+    email_password: SecretStr | None = None
+    smtp_username: str | None = None  # login, when it differs from EMAIL_ADDRESS
+    email_from: str | None = None  # From header, e.g. "Alerts <alerts@example.com>"
+
+    database_url: str = "sqlite:///var/emailq.sqlite3"
+
+    # Postfix's minimal_backoff_time (300 s) and maximal_backoff_time (4000 s): the
+    # same spacing real MTAs use, well above RFC 5321 4.5.4.1's 30-minute floor once
+    # jitter spreads retries out. Ten retries cover about nine hours of an outage.
+    max_retries: int = 10
+    retry_backoff_base_s: float = 300.0
+    retry_backoff_max_s: float = 4000.0
+
+    visibility_timeout_s: int = 3600  # unacknowledged jobs return to the queue after this
+
+    max_attachment_bytes: int = 20 * 1024 * 1024  # 20 MiB: what most providers accept
+    email_check_deliverability: bool = False  # DNS lookups on every address when True
+
+    flower_basic_auth: SecretStr | None = None  # "user:password[,user2:password2]"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_provider(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("smtp_provider"):
+            return data
+        try:
+            chosen = preset(str(data["smtp_provider"]))
+        except ValueError as exc:
+            raise ValueError(f"smtp_provider: {exc}") from None
+        data = dict(data)
+        data.setdefault("smtp_server", chosen.host)
+        if "smtp_port" not in data:  # an explicit port picks its own security mode
+            data["smtp_port"] = chosen.port
+            data.setdefault("smtp_security", chosen.security)
+        return data
+
+    @field_validator("smtp_port")
+    @classmethod
+    def _port_range(cls, port: int) -> int:
+        if not 0 < port < 65536:
+            raise ValueError(f"{port} is not a TCP port (1-65535)")
+        return port
+
+    @field_validator(
+        "smtp_timeout_s", "retry_backoff_base_s", "retry_backoff_max_s", "visibility_timeout_s"
+    )
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+    @field_validator("max_retries", "max_attachment_bytes")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 or more")
+        return value
+
+    @field_validator("email_address", "email_from")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError("contains a line break or NUL")
+        _, addr = parseaddr(value)
+        if "@" not in addr:
+            raise ValueError(f"'{value}' is not an email address")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _credentials_need_encryption(self) -> "Settings":
+        if self.email_password and self.security == "none":
+            if self.smtp_server not in LOOPBACK:
+                raise ValueError(
+                    "email_password: SMTP_SECURITY=none would send EMAIL_PASSWORD in clear "
+                    f"text to {self.smtp_server}; use starttls or ssl"
+                )
+        if self.email_password and not self.login:
+            raise ValueError("smtp_username: EMAIL_PASSWORD is set but no SMTP_USERNAME or EMAIL_ADDRESS")
+        return self
+
+    @property
+    def security(self) -> Security:
+        """The SMTP security mode, explicit or from the port."""
+        return self.smtp_security or PORT_SECURITY.get(self.smtp_port, "starttls")
+
+    @property
+    def login(self) -> str | None:
+        return self.smtp_username or self.email_address
+
+    @property
+    def sender(self) -> Address:
+        """The From address: EMAIL_FROM, else EMAIL_ADDRESS."""
+        raw = self.email_from or self.email_address
+        if not raw:
+            raise ConfigurationError("EMAIL_FROM or EMAIL_ADDRESS must be set to send email")
+        name, addr = parseaddr(raw)
+        return Address(display_name=name, addr_spec=addr)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    field = str(error["loc"][0]) if error["loc"] else ""
+    message = error["msg"].removeprefix("Value error, ")
+    # Model-level checks name their variable as "field: message"; their input is
+    # the whole settings dict, secrets included, so it is never shown.
+    shown = "" if not field or field in SECRET_FIELDS else f" (got {error.get('input')!r})"
+    if ":" in message and message.split(":", 1)[0] in Settings.model_fields:
+        field, message = (part.strip() for part in message.split(":", 1))
+    name = field.upper() or "settings"
+    return f"{name}: {message}{shown}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning validation errors into one ConfigurationError naming each variable."""
+    env_file = overrides.pop("_env_file", os.environ.get("EMAILQ_ENV_FILE", ".env"))
+    try:
+        return Settings(_env_file=Path(env_file), **overrides)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors(include_url=False)]
+        raise ConfigurationError("invalid configuration: " + "; ".join(lines)) from None
+
+
+@cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,200 @@
+"""Refuse bad input before anything reaches the broker, and normalise the rest into an EmailJob."""
+
+import base64
+import binascii
+import mimetypes
+import os
+import re
+from collections.abc import Iterable, Mapping
+from email.headerregistry import Address
+from pathlib import Path
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+
+from config import Settings
+from worker.errors import InvalidEmail
+from worker.job import PRIORITIES, Attachment, EmailJob
+
+KEYWORDS = frozenset(
+    {
+        "to", "subject", "text", "html", "cc", "bcc", "reply_to", "headers",
+        "attachments", "priority", "idempotency_key", "template", "context",
+    }
+)  # fmt: skip
+
+# Headers the worker writes itself; letting callers set them would allow spoofing
+# or break the message (a second From, a Bcc header, a wrong Content-Type).
+RESERVED_HEADERS = frozenset(
+    {
+        "from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "sender",
+        "mime-version", "content-type", "content-transfer-encoding", "content-disposition",
+        "return-path", "received",
+    }
+)  # fmt: skip
+HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except ':'
+FORBIDDEN = ("\r", "\n", "\0")
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def _no_breaks(field: str, value: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidEmail(f"{field}: expected a string, got {type(value).__name__}")
+    for char in FORBIDDEN:
+        if char in value:
+            raise InvalidEmail(f"{field}: contains {char!r}; header values and addresses cannot")
+    return value
+
+
+def _address(field: str, value: Any, *, check_deliverability: bool) -> str:
+    """Validate one address, keeping a display name: ``"Ann <ann@example.com>"``."""
+    value = _no_breaks(field, value).strip()
+    name, addr = "", value
+    if value.endswith(">") and "<" in value:
+        cut = value.rindex("<")
+        name, addr = value[:cut].strip().strip('"').strip(), value[cut + 1 : -1].strip()
+    try:
+        checked = validate_email(
+            addr, allow_smtputf8=False, check_deliverability=check_deliverability
+        )
+    except EmailNotValidError as exc:
+        raise InvalidEmail(f"{field}: {value!r} is not a valid address: {exc}") from None
+    addr = checked.ascii_email or checked.normalized
+    return str(Address(display_name=name, addr_spec=addr)) if name else addr
+
+
+def _addresses(field: str, value: Any, *, required: bool, settings: Settings) -> tuple[str, ...]:
+    if value is None or value == [] or value == ():
+        if required:
+            raise InvalidEmail(f"{field}: at least one recipient is required")
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, Iterable) or isinstance(items, Mapping | bytes):
+        raise InvalidEmail(f"{field}: expected an address or a list of addresses")
+    check = settings.email_check_deliverability
+    return tuple(
+        _address(f"{field}[{i}]" if len(items) > 1 else field, item, check_deliverability=check)
+        for i, item in enumerate(items)
+    )
+
+
+def _headers(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidEmail("headers: expected a mapping of header name to value")
+    headers: dict[str, str] = {}
+    for name, text in value.items():
+        if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
+            raise InvalidEmail(f"headers: {name!r} is not a valid header name")
+        if name.lower() in RESERVED_HEADERS:
+            raise InvalidEmail(f"headers: {name!r} is set by the worker; use the keyword instead")
+        headers[name] = _no_breaks(f"headers[{name!r}]", text)
+    return headers
+
+
+def _attachment(index: int, item: Any) -> Attachment:
+    field = f"attachments[{index}]"
+    if isinstance(item, str | os.PathLike):
+        path = Path(item)
+        if not path.is_file():
+            raise InvalidEmail(f"{field}: no such file: {path}")
+        mimetype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return Attachment(_no_breaks(f"{field}.filename", path.name), path.read_bytes(), mimetype)
+    if not isinstance(item, Mapping):
+        raise InvalidEmail(f"{field}: expected a file path or {{'filename', 'content'}}")
+    unknown = set(item) - {"filename", "content", "content_b64", "mimetype"}
+    if unknown:
+        raise InvalidEmail(f"{field}: unknown key(s) {sorted(unknown)}")
+    filename = _no_breaks(f"{field}.filename", item.get("filename"))
+    if not filename or "/" in filename or "\\" in filename:
+        raise InvalidEmail(f"{field}.filename: must be a bare file name, got {filename!r}")
+    if "content" in item:
+        content = item["content"]
+        if isinstance(content, str):
+            content = content.encode("utf-8")
+        if not isinstance(content, bytes | bytearray | memoryview):
+            raise InvalidEmail(f"{field}.content: expected bytes, got {type(content).__name__}")
+        content = bytes(content)
+    elif "content_b64" in item:
+        try:
+            content = base64.b64decode(item["content_b64"], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise InvalidEmail(f"{field}.content_b64: not valid base64") from None
+    else:
+        raise InvalidEmail(f"{field}: needs 'content' (bytes)")
+    guessed = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    mimetype = _no_breaks(f"{field}.mimetype", item.get("mimetype") or guessed)
+    if not re.fullmatch(r"[\w.+-]+/[\w.+-]+", mimetype):
+        raise InvalidEmail(f"{field}.mimetype: {mimetype!r} is not a type/subtype")
+    return Attachment(filename, content, mimetype)
+
+
+def _file_size(item: Any) -> int:
+    if isinstance(item, str | os.PathLike) and Path(item).is_file():
+        return Path(item).stat().st_size
+    return 0
+
+
+def _attachments(value: Any, *, limit: int) -> tuple[Attachment, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes | Mapping | os.PathLike) or not isinstance(value, Iterable):
+        raise InvalidEmail("attachments: expected a list of file paths or dicts")
+    items = list(value)
+    # Check files on disk by size before reading them, so an oversized file is refused cheaply.
+    if sum(_file_size(item) for item in items) > limit:
+        raise InvalidEmail(f"attachments: total size exceeds MAX_ATTACHMENT_BYTES ({limit} bytes)")
+    attachments = tuple(_attachment(i, item) for i, item in enumerate(items))
+    total = sum(len(a.content) for a in attachments)
+    if total > limit:
+        raise InvalidEmail(
+            f"attachments: total size {total} bytes exceeds MAX_ATTACHMENT_BYTES ({limit} bytes)"
+        )
+    return attachments
+
+
+def _body(field: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEmail(f"{field}: expected a string, got {type(value).__name__}")
+    if "\0" in value:
+        raise InvalidEmail(f"{field}: contains NUL")
+    return value or None
+
+
+def validate_job(kwargs: Mapping[str, Any], settings: Settings) -> EmailJob:
+    """Return the normalised job for ``enqueue_email``'s keywords, or raise ``InvalidEmail``."""
+    unknown = set(kwargs) - KEYWORDS
+    if unknown:
+        raise InvalidEmail(
+            f"unknown keyword(s) {sorted(unknown)}; enqueue_email accepts {sorted(KEYWORDS)}"
+        )
+    if kwargs.get("template") is not None or kwargs.get("context") is not None:
+        raise InvalidEmail("template: templates are not available in this version; pass text/html")
+    if "subject" not in kwargs:
+        raise InvalidEmail("subject: required")
+    text = _body("text", kwargs.get("text"))
+    html = _body("html", kwargs.get("html"))
+    if text is None and html is None:
+        raise InvalidEmail("text/html: no body; give text, html or both")
+    priority = kwargs.get("priority") or "normal"
+    if priority not in PRIORITIES:
+        raise InvalidEmail(f"priority: {priority!r} is not one of {list(PRIORITIES)}")
+    key = kwargs.get("idempotency_key")
+    if key is not None and (not _no_breaks("idempotency_key", key) or len(key) > MAX_IDEMPOTENCY_KEY):
+        raise InvalidEmail(f"idempotency_key: must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+    return EmailJob(
+        to=_addresses("to", kwargs.get("to"), required=True, settings=settings),
+        subject=_no_breaks("subject", kwargs["subject"]),
+        text=text,
+        html=html,
+        cc=_addresses("cc", kwargs.get("cc"), required=False, settings=settings),
+        bcc=_addresses("bcc", kwargs.get("bcc"), required=False, settings=settings),
+        reply_to=_addresses("reply_to", kwargs.get("reply_to"), required=False, settings=settings),
+        headers=_headers(kwargs.get("headers")),
+        attachments=_attachments(kwargs.get("attachments"), limit=settings.max_attachment_bytes),
+        priority=priority,
+        idempotency_key=key,
+    )

@@ -1,0 +1,1 @@
+"""The worker side: the Celery app (`worker.celery`), message building, the SMTP sender."""

@@ -1,0 +1,47 @@
+"""The one error tree. Each class says what happens next.
+
+``ConfigurationError`` deliberately sits outside ``DeliveryError``: retry code
+catches ``TransientError`` and dead-letter code catches ``PermanentError``, so
+neither can swallow a mistake in the settings, which no amount of retrying fixes.
+"""
+
+
+class EmailQError(Exception):
+    """Base of every error this service raises on purpose."""
+
+
+class ConfigurationError(EmailQError):
+    """A setting is missing or wrong; the message names the variable to fix."""
+
+
+class InvalidEmail(EmailQError, ValueError):
+    """The producer refused a job's input; nothing was published."""
+
+
+class DeliveryError(EmailQError):
+    """Sending failed; carries the last SMTP reply and the recipients affected."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        smtp_code: int | None = None,
+        smtp_text: str | None = None,
+        recipients: dict[str, tuple[int, str]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.smtp_code = smtp_code
+        self.smtp_text = smtp_text
+        self.recipients = recipients or {}
+
+
+class TransientError(DeliveryError):
+    """May succeed later (4xx, disconnect, timeout); retried with backoff."""
+
+
+class PermanentError(DeliveryError):
+    """Cannot succeed as it stands (5xx); goes to the dead-letter queue."""
+
+
+class TLSVerificationError(ConfigurationError, ConnectionError):
+    """The SMTP server's certificate did not verify; set SMTP_CA_FILE or fix the server."""

@@ -1,0 +1,194 @@
+"""The SMTP sender: verified TLS, login, and a thread-safe pool of reused connections."""
+
+import logging
+import smtplib
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+
+from config import Settings
+from worker.errors import TLSVerificationError
+
+log = logging.getLogger(__name__)
+
+# Servers drop idle sessions (Postfix's smtpd_timeout is 300 s); a connection idle
+# for longer than this is replaced instead of risking a dead socket mid-job.
+MAX_IDLE_S = 60.0
+# Many providers cap messages per session (Outlook at 30, others near 100); opening
+# a fresh session before the cap avoids a 421 in the middle of a job.
+MAX_MESSAGES_PER_CONNECTION = 25
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What the server said: accepted recipients, and refused ones with their reply."""
+
+    accepted: tuple[str, ...]
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+    reply: tuple[int, str] = (250, "")
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """A verifying context: system CAs plus SMTP_CA_FILE. smtplib verifies nothing without one."""
+    context = ssl.create_default_context()
+    if settings.smtp_ca_file:
+        context.load_verify_locations(cafile=str(settings.smtp_ca_file))
+    return context
+
+
+class _Connection:
+    def __init__(self, smtp: smtplib.SMTP) -> None:
+        self.smtp = smtp
+        self.sent = 0
+        self.last_used = time.monotonic()
+
+    @property
+    def fresh(self) -> bool:
+        return self.sent == 0
+
+    def usable(self) -> bool:
+        return (
+            self.sent < MAX_MESSAGES_PER_CONNECTION
+            and time.monotonic() - self.last_used < MAX_IDLE_S
+        )
+
+    def close(self) -> None:
+        try:
+            self.smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            self.smtp.close()
+
+
+class SMTPSender:
+    """Sends messages over pooled SMTP connections; safe to share between threads.
+
+    Each connection is used by one thread at a time. A thread takes an idle one or
+    opens a new one; connections that fail are closed, never returned to the pool.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._context = tls_context(settings) if settings.security != "none" else None
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+        self.opened = 0  # connections opened over the sender's life
+
+    def connect(self) -> smtplib.SMTP:
+        """Open, secure and log in one SMTP session."""
+        s = self._settings
+        helo = s.smtp_helo_name or socket.gethostname()
+        try:
+            if s.security == "ssl":
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                    s.smtp_server, s.smtp_port, local_hostname=helo,
+                    timeout=s.smtp_timeout_s, context=self._context,
+                )  # fmt: skip
+            else:
+                smtp = smtplib.SMTP(
+                    s.smtp_server, s.smtp_port, local_hostname=helo, timeout=s.smtp_timeout_s
+                )
+            smtp.ehlo()
+            if s.security == "starttls":
+                if not smtp.has_extn("starttls"):
+                    smtp.close()
+                    raise smtplib.SMTPNotSupportedError(
+                        f"{s.smtp_server}:{s.smtp_port} does not offer STARTTLS; "
+                        "refusing to continue in clear text (SMTP_SECURITY=starttls)"
+                    )
+                smtp.starttls(context=self._context)
+                smtp.ehlo()
+            if s.email_password and s.login:
+                smtp.login(s.login, s.email_password.get_secret_value())
+        except ssl.SSLCertVerificationError as exc:
+            raise TLSVerificationError(
+                f"certificate of {s.smtp_server}:{s.smtp_port} did not verify "
+                f"({exc.verify_message}); add its CA with SMTP_CA_FILE"
+            ) from exc
+        self.opened += 1
+        log.debug("connected to %s:%s (%s)", s.smtp_server, s.smtp_port, s.security)
+        return smtp
+
+    def _checkout(self) -> _Connection:
+        with self._lock:
+            while self._idle:
+                conn = self._idle.pop()
+                if conn.usable():
+                    return conn
+                conn.close()
+        return _Connection(self.connect())
+
+    def _checkin(self, conn: _Connection) -> None:
+        conn.last_used = time.monotonic()
+        if not conn.usable():
+            conn.close()
+            return
+        with self._lock:
+            self._idle.append(conn)
+
+    def send(self, message: EmailMessage, *, sender: str, recipients: list[str]) -> SendResult:
+        """Send one message. Raises smtplib errors; partial refusals come back in the result."""
+        data = message.as_bytes(policy=policy.SMTP)
+        for _ in range(2):
+            conn = self._checkout()
+            try:
+                result = self._transaction(conn, data, sender, recipients)
+            except _StaleConnection:
+                conn.smtp.close()
+                continue  # nothing was sent: the server hung up before MAIL FROM
+            except BaseException:
+                conn.smtp.close()
+                raise
+            conn.sent += 1
+            self._checkin(conn)
+            return result
+        raise smtplib.SMTPServerDisconnected("server closed two connections before MAIL FROM")
+
+    def _transaction(
+        self, conn: _Connection, data: bytes, sender: str, recipients: list[str]
+    ) -> SendResult:
+        smtp = conn.smtp
+        try:
+            code, reply = smtp.mail(sender)
+        except smtplib.SMTPServerDisconnected:
+            if conn.fresh:
+                raise
+            raise _StaleConnection from None
+        if code == 421 and not conn.fresh:
+            raise _StaleConnection
+        if code != 250:
+            raise smtplib.SMTPSenderRefused(code, reply, sender)
+        accepted: list[str] = []
+        refused: dict[str, tuple[int, str]] = {}
+        for rcpt in recipients:
+            code, reply = smtp.rcpt(rcpt)
+            if code in (250, 251):
+                accepted.append(rcpt)
+            else:
+                refused[rcpt] = (code, reply.decode("utf-8", "replace"))
+        if not accepted:
+            smtp.rset()
+            raise smtplib.SMTPRecipientsRefused(
+                {r: (c, t.encode()) for r, (c, t) in refused.items()}
+            )
+        code, reply = smtp.data(data)
+        if code != 250:
+            smtp.rset()
+            raise smtplib.SMTPDataError(code, reply)
+        for rcpt, (code_, text) in refused.items():
+            log.warning("recipient %s refused: %s %s", rcpt, code_, text)
+        return SendResult(tuple(accepted), refused, (code, reply.decode("utf-8", "replace")))
+
+    def close(self) -> None:
+        """QUIT every idle connection."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class _StaleConnection(Exception):
+    """A reused connection was closed by the server before this job sent anything."""
