@@ -26,7 +26,11 @@ class Settings(BaseSettings):
     """Every variable of the public contract. Secrets are ``SecretStr``: masked in repr."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", frozen=True, extra="ignore"
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,  # VAR= in compose or .env means "not set"
+        frozen=True,
+        extra="ignore",
     )
 
     redis_url: str = "redis://localhost:6379/0"
@@ -113,14 +117,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _credentials_need_encryption(self) -> "Settings":
-        if self.email_password and self.security == "none":
-            if self.smtp_server not in LOOPBACK:
-                raise ValueError(
-                    "email_password: SMTP_SECURITY=none would send EMAIL_PASSWORD in clear "
-                    f"text to {self.smtp_server}; use starttls or ssl"
-                )
+        remote = self.smtp_server not in LOOPBACK
+        if self.email_password and self.security == "none" and remote:
+            raise ValueError(
+                "email_password: SMTP_SECURITY=none would send EMAIL_PASSWORD in clear "
+                f"text to {self.smtp_server}; use starttls or ssl"
+            )
         if self.email_password and not self.login:
-            raise ValueError("smtp_username: EMAIL_PASSWORD is set but no SMTP_USERNAME or EMAIL_ADDRESS")
+            raise ValueError(
+                "smtp_username: EMAIL_PASSWORD is set but no SMTP_USERNAME or EMAIL_ADDRESS"
+            )
         return self
 
     @property
@@ -155,7 +161,7 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings, turning validation errors into one ConfigurationError naming each variable."""
+    """Build settings; validation errors become one ConfigurationError naming each variable."""
     env_file = overrides.pop("_env_file", os.environ.get("EMAILQ_ENV_FILE", ".env"))
     try:
         return Settings(_env_file=Path(env_file), **overrides)

@@ -183,7 +183,9 @@ def validate_job(kwargs: Mapping[str, Any], settings: Settings) -> EmailJob:
     if priority not in PRIORITIES:
         raise InvalidEmail(f"priority: {priority!r} is not one of {list(PRIORITIES)}")
     key = kwargs.get("idempotency_key")
-    if key is not None and (not _no_breaks("idempotency_key", key) or len(key) > MAX_IDEMPOTENCY_KEY):
+    if key is not None and (
+        not _no_breaks("idempotency_key", key) or len(key) > MAX_IDEMPOTENCY_KEY
+    ):
         raise InvalidEmail(f"idempotency_key: must be 1-{MAX_IDEMPOTENCY_KEY} characters")
     return EmailJob(
         to=_addresses("to", kwargs.get("to"), required=True, settings=settings),

@@ -159,10 +159,12 @@ def enqueue_mix() -> list[tuple]:
     ]  # fmt: skip
     for i in range(1, 21):
         name, plan = f"User {i:02d}", ("Premium" if i % 3 == 0 else "Standard")
-        jobs.append((f"user{i:02d}@example.com", "normal", dict(
-            subject=f"{name}, your {plan} account was renewed",
-            text=f"Hello {name},\n\nYour {plan} account has been renewed for another month.\n",
-            html=f"<p>Hello <b>{name}</b>,</p><p>Your {plan} account has been renewed.</p>")))  # fmt: skip
+        fields = {
+            "subject": f"{name}, your {plan} account was renewed",
+            "text": f"Hello {name},\n\nYour {plan} account has been renewed for another month.\n",
+            "html": f"<p>Hello <b>{name}</b>,</p><p>Your {plan} account has been renewed.</p>",
+        }
+        jobs.append((f"user{i:02d}@example.com", "normal", fields))
     sent = []
     for to, priority, fields in jobs:
         started = time.time()

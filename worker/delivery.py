@@ -13,11 +13,15 @@ from worker.sender import SMTPSender
 log = logging.getLogger(__name__)
 
 
-def deliver(job: EmailJob, *, job_id: str, sender: SMTPSender, settings: Settings) -> dict[str, Any]:
+def deliver(
+    job: EmailJob, *, job_id: str, sender: SMTPSender, settings: Settings
+) -> dict[str, Any]:
     """Send ``job`` and report per recipient; raises the sender's errors unchanged."""
     from_ = settings.sender
     message = build_message(job, job_id=job_id, sender=from_)
     result = sender.send(message, sender=from_.addr_spec, recipients=job.recipients)
+    for rcpt, (code, text) in result.refused.items():
+        log.warning("job %s: recipient %s refused: %s %s", job_id, rcpt, code, text)
     log.info(
         "job %s sent to %d recipient(s), %d refused: %s %s",
         job_id, len(result.accepted), len(result.refused), *result.reply,

@@ -178,8 +178,6 @@ class SMTPSender:
         if code != 250:
             smtp.rset()
             raise smtplib.SMTPDataError(code, reply)
-        for rcpt, (code_, text) in refused.items():
-            log.warning("recipient %s refused: %s %s", rcpt, code_, text)
         return SendResult(tuple(accepted), refused, (code, reply.decode("utf-8", "replace")))
 
     def close(self) -> None:

@@ -1,8 +1,9 @@
 """End to end: enqueue in this process, a real worker sends over STARTTLS + AUTH to aiosmtpd."""
 
-import base64
+import json
 
 from producer import enqueue_email
+from tests.support import smtp
 
 
 def test_plain_text_job_is_delivered_over_starttls_with_auth(smtp_server, start_worker):
@@ -20,3 +21,122 @@ def test_plain_text_job_is_delivered_over_starttls_with_auth(smtp_server, start_
     assert msg.get_content().strip() == "All good."
     assert smtp_server.handler.logins == 1
     assert report["accepted"] == ["ann@example.com"]
+
+
+def test_html_report_with_attachment_and_cc_reply_to_headers(smtp_server, start_worker, tmp_path):
+    start_worker(smtp_server)
+    report = tmp_path / "report.pdf"
+    report.write_bytes(b"%PDF-1.4\n" + bytes(range(256)) * 64)
+
+    result = enqueue_email.delay(
+        to=["Ann Smith <ann@example.com>", "bob@example.com"],
+        cc="carol@example.com",
+        reply_to="support@example.com",
+        subject="Weekly report",
+        text="See the attached report.",
+        html="<p>See the <b>attached</b> report.</p>",
+        headers={"X-Ticket": "42"},
+        attachments=[report, {"filename": "data.bin", "content": b"\x00\xff" * 1000}],
+    )
+    result.get(timeout=30)
+
+    [received] = smtp_server.handler.wait_for(1)
+    assert sorted(received.rcpt_tos) == ["ann@example.com", "bob@example.com", "carol@example.com"]
+    msg = received.message
+    assert msg["To"] == "Ann Smith <ann@example.com>, bob@example.com"
+    assert msg["Cc"] == "carol@example.com"
+    assert msg["Reply-To"] == "support@example.com"
+    assert msg["X-Ticket"] == "42"
+    assert msg["Date"] is not None
+    assert msg.get_content_type() == "multipart/mixed"
+    assert msg.get_body(("plain",)).get_content().strip() == "See the attached report."
+    assert "<b>attached</b>" in msg.get_body(("html",)).get_content()
+    files = {part.get_filename(): part.get_content() for part in msg.iter_attachments()}
+    assert files == {"report.pdf": report.read_bytes(), "data.bin": b"\x00\xff" * 1000}
+    assert msg["From"] == "Notifications <sender@example.com>"
+
+
+def test_bcc_is_in_the_envelope_only(smtp_server, start_worker):
+    start_worker(smtp_server)
+
+    enqueue_email.delay(
+        to="ann@example.com", bcc=["audit@example.com"], subject="Receipt", text="Thanks"
+    ).get(timeout=30)
+
+    [received] = smtp_server.handler.wait_for(1)
+    assert "audit@example.com" in received.rcpt_tos
+    assert b"audit@example.com" not in received.data
+    assert received.message["Bcc"] is None
+
+
+def test_html_only_mail_gets_a_generated_text_part(smtp_server, start_worker):
+    start_worker(smtp_server)
+
+    enqueue_email.delay(
+        to="ann@example.com",
+        subject="Status",
+        html="<h1>All systems go</h1><p>See <a href='https://status.example.com'>status</a>.</p>",
+    ).get(timeout=30)
+
+    msg = smtp_server.handler.wait_for(1)[0].message
+    assert msg.get_content_type() == "multipart/alternative"
+    text = msg.get_body(("plain",)).get_content()
+    assert "All systems go" in text and "https://status.example.com" in text
+    assert "<h1>" not in text and "<a " not in text
+
+
+def test_non_ascii_subject_names_and_body_arrive_intact(smtp_server, start_worker):
+    start_worker(smtp_server, EMAIL_FROM="Zoë's Café <sender@example.com>")
+    subject, body = "Grüße aus Köln — 東京 🎉", "Hallo Jürgen,\nça va? 你好\n"
+
+    enqueue_email.delay(to="Jürgen Groß <jurgen@example.com>", subject=subject, text=body).get(
+        timeout=30
+    )
+
+    received = smtp_server.handler.wait_for(1)[0]
+    assert received.data.isascii()  # encoded for any SMTP hop, no 8BITMIME needed
+    msg = received.message
+    assert msg["Subject"] == subject
+    assert msg["To"].addresses[0].display_name == "Jürgen Groß"
+    assert msg["From"].addresses[0].display_name == "Zoë's Café"
+    assert msg.get_content().replace("\r\n", "\n") == body  # CRLF is SMTP's line ending
+
+
+def test_secrets_and_bodies_stay_out_of_task_arguments_and_logs(
+    smtp_server, start_worker, session_redis
+):
+    # Given a job whose body is sensitive, enqueued before any worker runs
+    secret_body = "reset token 7f3a9c"
+    result = enqueue_email.delay(to="ann@example.com", subject="Reset", text=secret_body)
+    [raw] = session_redis.client().lrange("normal", 0, -1)
+    headers = json.loads(raw)["headers"]
+
+    # Then what Flower and `celery events` show (kwargsrepr) summarises without the body
+    assert secret_body not in headers["kwargsrepr"]
+    assert "<18 chars>" in headers["kwargsrepr"]
+
+    # And the worker delivers it without logging the body or the SMTP password
+    worker = start_worker(smtp_server)
+    result.get(timeout=30)
+    worker.stop()
+    assert smtp.PASSWORD not in worker.log()
+    assert secret_body not in worker.log()
+
+
+def test_a_partial_refusal_is_reported_per_recipient(smtp_server, start_worker):
+    # Given a server that refuses one of three recipients
+    smtp_server.handler.rcpt_replies["gone@example.com"] = "550 5.1.1 No such user"
+    worker = start_worker(smtp_server)
+
+    # When a job goes to all three
+    report = enqueue_email.delay(
+        to=["ann@example.com", "gone@example.com"], cc="bob@example.com", subject="Hi", text="x"
+    ).get(timeout=30)
+
+    # Then the two others get it, and the refusal is reported with the server's reply
+    [received] = smtp_server.handler.wait_for(1)
+    assert sorted(received.rcpt_tos) == ["ann@example.com", "bob@example.com"]
+    assert report["accepted"] == ["ann@example.com", "bob@example.com"]
+    assert report["refused"] == {"gone@example.com": [550, "5.1.1 No such user"]}
+    worker.stop()
+    assert "recipient gone@example.com refused: 550" in worker.log()

@@ -26,7 +26,9 @@ def test_high_jobs_enqueued_during_a_backlog_are_sent_before_any_further_normal_
 
     # When twenty high-priority alerts are enqueued
     alerts = [
-        enqueue_email.delay(to=f"oncall{i}@example.com", subject="Disk full", text="!", priority="high")
+        enqueue_email.delay(
+            to=f"oncall{i}@example.com", subject="Disk full", text="!", priority="high"
+        )
         for i in range(20)
     ]
     last_enqueued = time.monotonic()

@@ -26,7 +26,9 @@ class RedisServer:
     def start(self) -> "RedisServer":
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed: run `make install` (apt redis-server)")
+            raise RuntimeError(
+                "redis-server is not installed: run `make install` (apt redis-server)"
+            )
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",

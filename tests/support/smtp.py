@@ -63,7 +63,8 @@ class RecordingHandler:
 
     def authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
         ok = isinstance(auth_data, LoginPassword) and (
-            auth_data.login.decode(), auth_data.password.decode()
+            auth_data.login.decode(),
+            auth_data.password.decode(),
         ) == (USER, PASSWORD)
         if ok:
             self.logins += 1

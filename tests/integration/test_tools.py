@@ -1,0 +1,131 @@
+"""The development tools around the pipeline: the sink, the demo, Flower, docker-compose."""
+
+import base64
+import os
+import shutil
+import smtplib
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support import free_port
+from tests.support.worker import ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def _wait_listening(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read() if process.stdout else "exited"
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+def test_sink_writes_each_message_as_an_eml_file(tmp_path):
+    port, outbox = free_port(), tmp_path / "outbox"
+    sink = subprocess.Popen(
+        [BIN / "emailq", "sink", "--port", str(port), "--outbox", str(outbox)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        _wait_listening(port, sink)
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail(
+                "a@example.com", ["b@example.com", "hidden@example.com"],
+                b"Subject: hello\r\nTo: b@example.com\r\n\r\nbody\r\n",
+            )  # fmt: skip
+    finally:
+        sink.terminate()
+        sink.wait(10)
+    [eml] = outbox.glob("*.eml")
+    content = eml.read_bytes()
+    assert b"Subject: hello" in content and b"body" in content
+    assert b"X-Envelope-To: <b@example.com>, <hidden@example.com>" in content
+    assert sink.returncode == 0
+
+
+def test_demo_delivers_every_job_and_exits_zero(session_redis):
+    env = {**os.environ, "REDIS_URL": session_redis.url}
+
+    demo = subprocess.run(
+        [sys.executable, "scripts/demo.py"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=240,
+    )  # fmt: skip
+
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "23 of 23 delivered; 23 new .eml files" in demo.stdout
+    assert session_redis.client().llen("normal") == 0
+
+
+def test_demo_starts_a_private_redis_when_none_answers(tmp_path):
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+
+    demo = subprocess.run(
+        [sys.executable, "scripts/demo.py"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=240,
+    )  # fmt: skip
+
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "Started a private redis-server" in demo.stdout
+
+
+def _flower(port: int, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}",
+         "--address=127.0.0.1"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def test_flower_refuses_to_start_without_authentication(session_redis):
+    env = {**os.environ, "REDIS_URL": session_redis.url}
+    env.pop("FLOWER_BASIC_AUTH", None)
+
+    flower = _flower(free_port(), env)
+
+    output, _ = flower.communicate(timeout=60)
+    assert flower.returncode != 0
+    assert "FLOWER_BASIC_AUTH" in output
+
+
+def test_flower_requires_credentials(session_redis):
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": session_redis.url, "FLOWER_BASIC_AUTH": "admin:pw-123"}
+    flower = _flower(port, env)
+    try:
+        _wait_listening(port, flower)
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
+        assert anonymous.value.code == 401
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/")
+        request.add_header("Authorization", "Basic " + base64.b64encode(b"admin:pw-123").decode())
+        assert urllib.request.urlopen(request, timeout=10).status == 200
+    finally:
+        flower.terminate()
+        flower.wait(20)
+
+
+@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose is not installed")
+def test_docker_compose_file_is_valid_and_flower_needs_credentials():
+    env = {**os.environ, "FLOWER_BASIC_AUTH": "admin:pw"}
+    check = subprocess.run(
+        ["docker-compose", "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+
+    env.pop("FLOWER_BASIC_AUTH")
+    refused = subprocess.run(
+        ["docker-compose", "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "FLOWER_BASIC_AUTH" in refused.stderr

@@ -1,0 +1,45 @@
+"""The Celery app's configuration, as the worker will read it."""
+
+from worker.celery import app
+
+
+def test_json_is_the_only_serialisation():
+    conf = app.conf
+    assert conf.task_serializer == conf.result_serializer == "json"
+    assert list(conf.accept_content) == list(conf.result_accept_content) == ["json"]
+
+
+def test_jobs_are_acknowledged_after_sending_and_returned_if_the_worker_dies():
+    assert app.conf.task_acks_late is True
+    assert app.conf.task_reject_on_worker_lost is True
+    assert app.conf.worker_prefetch_multiplier == 1
+
+
+def test_queues_are_consumed_in_strict_priority_order():
+    assert [q.name for q in app.conf.task_queues] == ["high", "normal"]
+    assert app.conf.broker_transport_options["queue_order_strategy"] == "priority"
+
+
+def test_visibility_timeout_applies_to_broker_and_result_backend():
+    timeout = 3600  # the default; VISIBILITY_TIMEOUT_S is not set in tests
+    assert app.conf.broker_transport_options["visibility_timeout"] == timeout
+    assert app.conf.result_backend_transport_options["visibility_timeout"] == timeout
+
+
+def test_killed_workers_jobs_are_swept_back_within_ten_seconds_of_the_timeout():
+    options = app.conf.broker_transport_options
+    assert options["unacked_restore_interval"] * options["unacked_restore_throttle"] <= 10
+
+
+def test_startup_retries_the_broker_and_events_feed_flower():
+    assert app.conf.broker_connection_retry_on_startup is True
+    assert app.conf.worker_send_task_events is True
+    assert app.conf.task_send_sent_event is True
+
+
+def test_enqueue_email_is_registered_under_its_public_name():
+    from producer import enqueue_email
+    from producer.tasks import EmailTask
+
+    assert enqueue_email.name == "emailq.send"
+    assert isinstance(app.tasks["emailq.send"], EmailTask)
