@@ -7,6 +7,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from kombu.utils.url import maybe_sanitize_url
 from pydantic import FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,7 +20,9 @@ Security = Literal["starttls", "ssl", "none"]
 # so an unknown relay is never spoken to in clear text by accident.
 PORT_SECURITY: dict[int, Security] = {465: "ssl", 1025: "none"}
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
-SECRET_FIELDS = {"email_password", "flower_basic_auth"}
+SECRET_FIELDS = {"email_password", "flower_basic_auth", "redis_url", "database_url"}
+BROKER_SCHEMES = {"redis", "rediss", "sentinel"}
+URL_FIELDS = {"redis_url", "database_url"}
 
 
 class Settings(BaseSettings):
@@ -80,6 +83,14 @@ class Settings(BaseSettings):
             data.setdefault("smtp_security", chosen.security)
         return data
 
+    @field_validator("redis_url")
+    @classmethod
+    def _broker_url(cls, url: str) -> str:
+        scheme = url.partition("://")[0]
+        if scheme not in BROKER_SCHEMES:
+            raise ValueError(f"expected a URL starting with one of {sorted(BROKER_SCHEMES)}://")
+        return url
+
     @field_validator("smtp_port")
     @classmethod
     def _port_range(cls, port: int) -> int:
@@ -128,6 +139,10 @@ class Settings(BaseSettings):
                 "smtp_username: EMAIL_PASSWORD is set but no SMTP_USERNAME or EMAIL_ADDRESS"
             )
         return self
+
+    def __repr_args__(self):  # URLs can carry passwords: mask them like the SecretStr fields
+        for name, value in super().__repr_args__():
+            yield name, maybe_sanitize_url(value) if name in URL_FIELDS and value else value
 
     @property
     def security(self) -> Security:

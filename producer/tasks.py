@@ -8,7 +8,7 @@ from celery.signals import worker_process_shutdown, worker_shutdown
 from config import get_settings
 from producer.validation import validate_job
 from worker.celery import app
-from worker.delivery import deliver, shared_sender
+from worker.delivery import close_shared_sender, deliver, shared_sender
 from worker.errors import InvalidEmail
 from worker.job import EmailJob
 
@@ -34,5 +34,4 @@ def enqueue_email(self: EmailTask, **payload: Any) -> dict[str, Any]:
 @worker_process_shutdown.connect
 @worker_shutdown.connect
 def _close_connections(**_: Any) -> None:
-    if shared_sender.cache_info().currsize:
-        shared_sender().close()
+    close_shared_sender()

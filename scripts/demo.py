@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import redis
+from kombu.utils.url import maybe_sanitize_url
 from rich.console import Console
 from rich.table import Table
 
@@ -87,15 +88,15 @@ def choose_redis(stack: ExitStack) -> str:
 
     url = load_settings().redis_url
     if not answers(url):
-        console.print(f"No Redis answers at {url}.")
+        console.print(f"No Redis answers at {maybe_sanitize_url(url)}.")
         return private_redis(stack)
     queued = sum(redis.Redis.from_url(url).llen(q) for q in ("high", "normal"))
     if queued:
         raise SystemExit(
-            f"demo: {url} already has {queued} job(s) queued; the demo's worker would send them "
+            f"demo: {maybe_sanitize_url(url)} already has {queued} job(s) queued; the demo's worker would send them "
             "to its sink. Point REDIS_URL at a development Redis, or unset it."
         )
-    console.print(f"Using Redis at {url}.")
+    console.print(f"Using Redis at {maybe_sanitize_url(url)}.")
     return url
 
 

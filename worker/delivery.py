@@ -1,8 +1,8 @@
 """Deliver one job: build its message and hand it to the sender. No Celery in here."""
 
 import logging
+import threading
 import time
-from functools import cache
 from typing import Any
 
 from config import Settings, get_settings
@@ -34,7 +34,21 @@ def deliver(
     }
 
 
-@cache
+_sender: SMTPSender | None = None
+_sender_lock = threading.Lock()
+
+
 def shared_sender() -> SMTPSender:
     """The process's sender; its pool is shared by every thread of the worker."""
-    return SMTPSender(get_settings())
+    global _sender
+    with _sender_lock:
+        if _sender is None:
+            _sender = SMTPSender(get_settings())
+        return _sender
+
+
+def close_shared_sender() -> None:
+    """QUIT the process's SMTP connections, if it ever opened any."""
+    with _sender_lock:
+        if _sender is not None:
+            _sender.close()
