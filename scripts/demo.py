@@ -93,8 +93,8 @@ def choose_redis(stack: ExitStack) -> str:
     queued = sum(redis.Redis.from_url(url).llen(q) for q in ("high", "normal"))
     if queued:
         raise SystemExit(
-            f"demo: {maybe_sanitize_url(url)} already has {queued} job(s) queued; the demo's worker would send them "
-            "to its sink. Point REDIS_URL at a development Redis, or unset it."
+            f"demo: {maybe_sanitize_url(url)} already has {queued} job(s) queued; the demo's "
+            "worker would send them to its sink. Point REDIS_URL at a development Redis."
         )
     console.print(f"Using Redis at {maybe_sanitize_url(url)}.")
     return url
