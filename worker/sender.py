@@ -108,7 +108,8 @@ class SMTPSender:
                 f"certificate of {s.smtp_server}:{s.smtp_port} did not verify "
                 f"({exc.verify_message}); add its CA with SMTP_CA_FILE"
             ) from exc
-        self.opened += 1
+        with self._lock:
+            self.opened += 1
         log.debug("connected to %s:%s (%s)", s.smtp_server, s.smtp_port, s.security)
         return smtp
 

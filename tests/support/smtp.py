@@ -98,7 +98,7 @@ class SMTPTestServer:
             kwargs.update(
                 authenticator=self.handler.authenticate,
                 auth_required=True,
-                auth_require_tls=mode != "none",
+                auth_require_tls=mode == "starttls",  # aiosmtpd counts only STARTTLS as TLS
             )
         self.controller = Controller(
             self.handler,
