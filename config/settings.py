@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     # same spacing real MTAs use, well above RFC 5321 4.5.4.1's 30-minute floor once
     # jitter spreads retries out. Ten retries cover about nine hours of an outage.
     max_retries: int = 10
-    retry_backoff_base_s: float = 300.0
-    retry_backoff_max_s: float = 4000.0
+    retry_backoff_base_s: int = 300  # whole seconds: Celery's backoff works in integers
+    retry_backoff_max_s: int = 4000
+    retry_jitter: bool = True  # full jitter: retries of one outage spread over [0, backoff]
 
     visibility_timeout_s: int = 3600  # unacknowledged jobs return to the queue after this
 

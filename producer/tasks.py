@@ -1,20 +1,31 @@
 """``enqueue_email``: the public task. Validates before publishing; delivers in the worker."""
 
+import logging
+import random
+import time
+from datetime import datetime
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_shutdown, worker_shutdown
+from celery.exceptions import Retry
+from celery.utils import uuid
+from celery.signals import task_failure, worker_process_shutdown, worker_ready, worker_shutdown
 
 from config import get_settings
 from producer.validation import validate_job
+from worker import deadletter, delayed
 from worker.celery import app
-from worker.delivery import close_shared_sender, deliver, shared_sender
-from worker.errors import InvalidEmail
+from worker.delivery import close_shared_sender, deliver, shared
+from worker.errors import ConfigurationError, InvalidEmail, JobBusy, TransientError
 from worker.job import EmailJob
+from worker.store import redis_client
+
+log = logging.getLogger(__name__)
+settings = get_settings()
 
 
 class EmailTask(Task):
-    """A task whose ``apply_async`` refuses bad input and routes by priority."""
+    """A task whose ``apply_async`` refuses bad input, routes by priority and parks delays."""
 
     def apply_async(self, args=None, kwargs=None, task_id=None, **options):  # noqa: D102
         if args:
@@ -22,13 +33,114 @@ class EmailTask(Task):
         job = validate_job(kwargs or {}, get_settings())
         options.setdefault("queue", job.priority)  # the queues are named after the priorities
         options.setdefault("kwargsrepr", repr(job.summary()))  # what Flower shows: no bodies
+        due = _due(options.pop("countdown", None), options.pop("eta", None))
+        if due is not None:
+            return self._park(job, task_id, due, options)
         return super().apply_async(kwargs=job.to_dict(), task_id=task_id, **options)
 
+    def _park(self, job: EmailJob, task_id: str | None, due: float, options: dict) -> Any:
+        task_id = task_id or uuid()
+        entry = {
+            "task_id": task_id,
+            "kwargs": job.to_dict(),
+            "queue": options["queue"],
+            "retries": options.get("retries", 0),
+        }
+        delayed.park(redis_client(), entry, due)
+        return self.AsyncResult(task_id)
 
-@app.task(bind=True, base=EmailTask, name="emailq.send")
+
+def _due(countdown: float | None, eta: datetime | str | None) -> float | None:
+    if eta is not None:
+        return (datetime.fromisoformat(eta) if isinstance(eta, str) else eta).timestamp()
+    if countdown:
+        return time.time() + float(countdown)
+    return None
+
+
+@app.task(
+    bind=True,
+    base=EmailTask,
+    name="emailq.send",
+    autoretry_for=(TransientError,),
+    retry_backoff=settings.retry_backoff_base_s,
+    retry_backoff_max=settings.retry_backoff_max_s,
+    retry_jitter=settings.retry_jitter,
+    max_retries=settings.max_retries,
+)
 def enqueue_email(self: EmailTask, **payload: Any) -> dict[str, Any]:
     job = EmailJob.from_dict(payload)
-    return deliver(job, job_id=self.request.id, sender=shared_sender(), settings=get_settings())
+    sender, ledger = shared()
+    try:
+        return deliver(job, job_id=self.request.id, sender=sender, ledger=ledger, settings=settings)
+    except JobBusy:
+        raise _again(self, payload, countdown=30) from None
+    except ConfigurationError as exc:
+        # Wrong credentials or certificates are not the job's fault: keep it, without
+        # spending its retry budget, until the operator fixes the setting.
+        countdown = _backoff(getattr(exc, "attempts", 1))
+        log.critical("job %s: %s; retrying in %ss", self.request.id, exc, countdown)
+        raise _again(self, payload, countdown=countdown, exc=exc) from None
+
+
+def _backoff(attempt: int) -> int:
+    ceiling = min(
+        settings.retry_backoff_max_s, settings.retry_backoff_base_s * 2 ** max(0, attempt - 1)
+    )
+    return random.randint(0, ceiling) if settings.retry_jitter else ceiling
+
+
+def _again(
+    task: EmailTask, payload: dict, *, countdown: int, exc: Exception | None = None
+) -> Retry:
+    """Re-publish the job later with the same id and retry count; returns Celery's Retry."""
+    task.apply_async(
+        kwargs=payload, task_id=task.request.id, countdown=countdown, retries=task.request.retries
+    )
+    return Retry(exc=exc, when=countdown)
+
+
+@task_failure.connect
+def _dead_letter(sender=None, task_id=None, exception=None, kwargs=None, einfo=None, **_):
+    """Every failed job, in the task body or around it, ends in the dead-letter queue."""
+    if getattr(sender, "name", None) != enqueue_email.name:
+        return
+    _, ledger = shared()
+    state = ledger.state(task_id)
+    entry = deadletter.make_entry(
+        task_id, kwargs or {}, exception, state, traceback=getattr(einfo, "traceback", None)
+    )
+    try:
+        deadletter.publish(app, entry)
+    except Exception:  # noqa: BLE001 - the broker is gone: the log is the last place left
+        log.critical("job %s: dead-letter publish failed; entry: %r", task_id, entry)
+        raise
+    ledger.record(task_id, state, final="dead")
+    log.error("job %s dead-lettered (%s): %s", task_id, entry["reason"], entry["error"])
+
+
+_mover: delayed.Mover | None = None
+
+
+@worker_ready.connect
+def _start_mover(**_: Any) -> None:
+    global _mover
+
+    def publish(entry: dict[str, Any]) -> None:
+        enqueue_email.apply_async(
+            kwargs=entry["kwargs"],
+            task_id=entry["task_id"],
+            queue=entry["queue"],
+            retries=entry.get("retries", 0),
+        )
+
+    _mover = delayed.Mover(redis_client(), publish).start()
+
+
+@worker_shutdown.connect
+def _stop_mover(**_: Any) -> None:
+    if _mover is not None:
+        _mover.stop()
 
 
 @worker_process_shutdown.connect

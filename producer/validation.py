@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from email.headerregistry import Address
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +50,18 @@ def _no_breaks(field: str, value: str) -> str:
 def _address(field: str, value: Any, *, check_deliverability: bool) -> str:
     """Validate one address, keeping a display name: ``"Ann <ann@example.com>"``."""
     value = _no_breaks(field, value).strip()
-    name, addr = "", value
-    if value.endswith(">") and "<" in value:
-        cut = value.rindex("<")
-        name, addr = value[:cut].strip().strip('"').strip(), value[cut + 1 : -1].strip()
+    parsed = getaddresses([value])
+    if len(parsed) != 1:
+        raise InvalidEmail(f"{field}: {value!r} holds {len(parsed)} addresses; pass a list")
+    name, addr = parsed[0]
     try:
         checked = validate_email(
-            addr, allow_smtputf8=False, check_deliverability=check_deliverability
+            addr or value, allow_smtputf8=False, check_deliverability=check_deliverability
         )
     except EmailNotValidError as exc:
         raise InvalidEmail(f"{field}: {value!r} is not a valid address: {exc}") from None
     addr = checked.ascii_email or checked.normalized
+    # Re-quoted by Address, so validating the result again gives the same string.
     return str(Address(display_name=name, addr_spec=addr)) if name else addr
 
 
@@ -100,7 +102,9 @@ def _attachment(index: int, item: Any) -> Attachment:
         if not path.is_file():
             raise InvalidEmail(f"{field}: no such file: {path}")
         mimetype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return Attachment(_no_breaks(f"{field}.filename", path.name), path.read_bytes(), mimetype)
+        # A backslash is legal in a POSIX file name but not in the bare name the wire form allows.
+        filename = _no_breaks(f"{field}.filename", path.name).replace("\\", "_")
+        return Attachment(filename, path.read_bytes(), mimetype)
     if not isinstance(item, Mapping):
         raise InvalidEmail(f"{field}: expected a file path or {{'filename', 'content'}}")
     unknown = set(item) - {"filename", "content", "content_b64", "mimetype"}

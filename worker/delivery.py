@@ -1,4 +1,7 @@
-"""Deliver one job: build its message and hand it to the sender. No Celery in here."""
+"""Deliver one job: consult the ledger, send to whoever still needs it, record the outcome.
+
+No Celery in here: the task turns what this raises into a retry or a dead letter.
+"""
 
 import logging
 import threading
@@ -6,49 +9,153 @@ import time
 from typing import Any
 
 from config import Settings, get_settings
+from worker.classify import classify, classify_reply
+from worker.errors import ConfigurationError, JobBusy, PermanentError, TransientError
 from worker.job import EmailJob
+from worker.ledger import JobState, Ledger
 from worker.message import build_message
 from worker.sender import SMTPSender
+from worker.store import redis_client
 
 log = logging.getLogger(__name__)
 
+# A job whose worker died this many times mid-send is a poison message (it may be
+# what kills the worker); it goes to the dead-letter queue instead of looping.
+MAX_LOST_STARTS = 3
 
-def deliver(
-    job: EmailJob, *, job_id: str, sender: SMTPSender, settings: Settings
-) -> dict[str, Any]:
-    """Send ``job`` and report per recipient; raises the sender's errors unchanged."""
-    from_ = settings.sender
-    message = build_message(job, job_id=job_id, sender=from_)
-    result = sender.send(message, sender=from_.addr_spec, recipients=job.recipients)
-    for rcpt, (code, text) in result.refused.items():
-        log.warning("job %s: recipient %s refused: %s %s", job_id, rcpt, code, text)
-    log.info(
-        "job %s sent to %d recipient(s), %d refused: %s %s",
-        job_id, len(result.accepted), len(result.refused), *result.reply,
-    )  # fmt: skip
+
+class WorkerLost(Exception):
+    """The job's workers died mid-send too often; it is dead-lettered as crashed."""
+
+
+def lock_ttl_s(settings: Settings) -> int:
+    # One send is at most a handful of SMTP commands, each bounded by the timeout.
+    return int(max(60, 10 * settings.smtp_timeout_s))
+
+
+def _report(job_id: str, sender_domain: str, state: JobState, **extra: Any) -> dict[str, Any]:
     return {
-        "message_id": message["Message-ID"],
-        "accepted": list(result.accepted),
-        "refused": {rcpt: list(reply) for rcpt, reply in result.refused.items()},
-        "sent_at": time.time(),
+        "message_id": f"<{job_id}@{sender_domain}>",
+        "accepted": sorted(state.delivered),
+        "refused": {r: list(reply) for r, reply in state.failed.items()},
+        **extra,
     }
 
 
-_sender: SMTPSender | None = None
-_sender_lock = threading.Lock()
+def deliver(
+    job: EmailJob, *, job_id: str, sender: SMTPSender, ledger: Ledger, settings: Settings
+) -> dict[str, Any]:
+    """Send ``job`` to every recipient that does not have it yet.
+
+    Raises ``TransientError`` (some recipients should be retried), ``PermanentError``
+    (some can never be reached; the rest are recorded), ``ConfigurationError``,
+    ``JobBusy`` (another worker holds the job) or ``WorkerLost``.
+    """
+    from_ = settings.sender
+    token, state = ledger.begin(job_id, lock_ttl_s=lock_ttl_s(settings))
+    if token is None:
+        raise JobBusy(f"job {job_id} is being delivered by another worker")
+    done = False
+    try:
+        if state.final is not None:
+            log.info("job %s already %s; skipping the duplicate delivery", job_id, state.final)
+            return _report(job_id, from_.domain, state, duplicate=True)
+        if state.unrecorded_starts > MAX_LOST_STARTS:
+            raise WorkerLost(f"job {job_id}: {state.unrecorded_starts - 1} workers died sending it")
+        pending = [r for r in job.recipients if r not in state.delivered and r not in state.failed]
+        message = build_message(job, job_id=job_id, sender=from_)
+        try:
+            result = sender.send(message, sender=from_.addr_spec, recipients=pending)
+        except Exception as exc:
+            error = classify(exc)
+            if error is None:
+                raise  # a bug: dead-lettered as crashed, with its traceback
+            failed = _failed(error, pending)
+            ledger.record(
+                job_id, state, failed=failed, token=token,
+                attempt=_attempt(error, pending, outcome=_outcome(error)),
+            )  # fmt: skip
+            done = True
+            if isinstance(error, ConfigurationError):
+                error.attempts = len(state.attempts)  # type: ignore[attr-defined]
+            raise error from exc
+
+        transient, permanent = {}, {}
+        for rcpt, (code, text) in result.refused.items():
+            kind = classify_reply(code, text, stage="rcpt")
+            (permanent if kind is PermanentError else transient)[rcpt] = (code, text)
+            log.warning("job %s: recipient %s refused: %s %s", job_id, rcpt, code, text)
+        clean = not transient and not permanent and not state.failed
+        ledger.record(
+            job_id, state, delivered=list(result.accepted), failed=permanent, token=token,
+            final="sent" if clean else None,
+            attempt={"outcome": "sent" if clean else "partial", "smtp_code": result.reply[0],
+                     "smtp_text": result.reply[1], "recipients": list(result.accepted),
+                     "refused": {r: list(v) for r, v in result.refused.items()}},
+        )  # fmt: skip
+        done = True
+        log.info(
+            "job %s sent to %d recipient(s), %d refused: %s %s",
+            job_id, len(result.accepted), len(result.refused), *result.reply,
+        )  # fmt: skip
+        if transient:
+            code, text = next(iter(transient.values()))
+            raise TransientError(
+                f"{len(transient)} recipient(s) deferred", smtp_code=code, smtp_text=text,
+                recipients=transient,
+            )  # fmt: skip
+        if state.failed:
+            code, text = next(iter(state.failed.values()))
+            raise PermanentError(
+                f"{len(state.failed)} recipient(s) refused permanently",
+                smtp_code=code, smtp_text=text, recipients=dict(state.failed),
+            )  # fmt: skip
+        return _report(job_id, from_.domain, state, sent_at=time.time())
+    finally:
+        if not done:
+            ledger.release(job_id, token)
 
 
-def shared_sender() -> SMTPSender:
-    """The process's sender; its pool is shared by every thread of the worker."""
-    global _sender
-    with _sender_lock:
-        if _sender is None:
-            _sender = SMTPSender(get_settings())
-        return _sender
+def _outcome(error: Exception) -> str:
+    if isinstance(error, ConfigurationError):
+        return "configuration"
+    return "permanent" if isinstance(error, PermanentError) else "transient"
+
+
+def _failed(error: Exception, pending: list[str]) -> dict[str, tuple[int, str]]:
+    """Recipients that can never get this message, by a permanent refusal."""
+    if not isinstance(error, PermanentError):
+        return {}
+    if error.recipients:
+        return dict(error.recipients)
+    return {r: (error.smtp_code or 0, error.smtp_text or str(error)) for r in pending}
+
+
+def _attempt(error: Exception, pending: list[str], *, outcome: str) -> dict[str, Any]:
+    return {
+        "outcome": outcome,
+        "smtp_code": getattr(error, "smtp_code", None),
+        "smtp_text": getattr(error, "smtp_text", None),
+        "error": str(error),
+        "recipients": pending,
+    }
+
+
+_shared: tuple[SMTPSender, Ledger] | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> tuple[SMTPSender, Ledger]:
+    """The process's sender and ledger; the sender's pool is shared by all worker threads."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = (SMTPSender(get_settings()), Ledger(redis_client()))
+        return _shared
 
 
 def close_shared_sender() -> None:
     """QUIT the process's SMTP connections, if it ever opened any."""
-    with _sender_lock:
-        if _sender is not None:
-            _sender.close()
+    with _shared_lock:
+        if _shared is not None:
+            _shared[0].close()

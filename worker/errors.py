@@ -43,5 +43,25 @@ class PermanentError(DeliveryError):
     """Cannot succeed as it stands (5xx); goes to the dead-letter queue."""
 
 
+class AuthenticationFailed(ConfigurationError):
+    """The SMTP server refused the login (535); retried with backoff, never dead-lettered."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        smtp_code: int | None = None,
+        smtp_text: str | None = None,
+        **_: object,
+    ) -> None:
+        super().__init__(message)
+        self.smtp_code = smtp_code
+        self.smtp_text = smtp_text
+
+
+class JobBusy(EmailQError):
+    """Another worker is delivering this job right now; look again later."""
+
+
 class TLSVerificationError(ConfigurationError, ConnectionError):
     """The SMTP server's certificate did not verify; set SMTP_CA_FILE or fix the server."""

@@ -37,7 +37,9 @@ def build_message(
 ) -> EmailMessage:
     """The message as it goes on the wire. Bcc recipients are left to the envelope."""
     msg = EmailMessage(policy=policy.default)
-    msg["From"] = sender
+    # An IDN domain goes in ASCII form: encoded-words are not allowed inside an address.
+    domain = sender.domain.encode("idna").decode("ascii")
+    msg["From"] = Address(sender.display_name, sender.username, domain)
     msg["To"] = ", ".join(job.to)
     if job.cc:
         msg["Cc"] = ", ".join(job.cc)

@@ -29,32 +29,63 @@ class Received:
         return message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
 
 
+DROP = "drop"  # a scripted DATA reply: cut the connection after the final dot, before replying
+
+
+def _next(script: str | list[str] | None) -> str | None:
+    """A str is replied every time; a list is consumed, one reply per attempt."""
+    if isinstance(script, list):
+        return script.pop(0) if script else None
+    return script
+
+
 class RecordingHandler:
-    """Accepts mail and records it. Faults: per-recipient RCPT replies, queued DATA replies."""
+    """Accepts mail and records it, with scripted faults.
+
+    - ``rcpt_replies[address]``: the reply to RCPT for that address;
+    - ``data_replies``: replies to the next DATA commands, whoever they are for;
+    - ``data_replies_for[first recipient]``: replies to DATA for that job's message;
+    - ``auth_failures``: how many logins to refuse with 535 first.
+    Every RCPT and DATA command is logged in ``commands`` with its time and reply.
+    """
 
     def __init__(self) -> None:
         self.messages: list[Received] = []
-        self.rcpt_replies: dict[str, str] = {}
+        self.rcpt_replies: dict[str, str | list[str]] = {}
         self.data_replies: list[str] = []
+        self.data_replies_for: dict[str, list[str]] = {}
+        self.auth_failures = 0
         self.data_delay_s = 0.0
         self.rcpt_delay_s = 0.0
         self.logins = 0
+        self._refused_sessions: set[int] = set()
+        self.commands: list[tuple[float, str, str, str]] = []  # (time, verb, address, reply)
         self._changed = threading.Condition()
+
+    def attempts(self, address: str, verb: str = "RCPT") -> list[tuple[float, str]]:
+        """(time, reply) of every ``verb`` command for ``address``."""
+        return [(t, reply) for t, v, a, reply in self.commands if v == verb and a == address]
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
         if self.rcpt_delay_s:
             await asyncio.sleep(self.rcpt_delay_s)
-        reply = self.rcpt_replies.get(address)
-        if reply:
-            return reply
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
+        reply = _next(self.rcpt_replies.get(address)) or "250 OK"
+        self.commands.append((time.monotonic(), "RCPT", address, reply))
+        if reply.startswith("250"):
+            envelope.rcpt_tos.append(address)
+        return reply
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.data_delay_s:
             await asyncio.sleep(self.data_delay_s)
-        if self.data_replies:
-            return self.data_replies.pop(0)
+        first = envelope.rcpt_tos[0]
+        reply = _next(self.data_replies_for.get(first)) or _next(self.data_replies)
+        self.commands.append((time.monotonic(), "DATA", first, reply or "250"))
+        if reply == DROP:
+            server.transport.abort()
+            return "250 never sent"
+        if reply:
+            return reply
         received = Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
         with self._changed:
             self.messages.append(received)
@@ -66,9 +97,18 @@ class RecordingHandler:
             auth_data.login.decode(),
             auth_data.password.decode(),
         ) == (USER, PASSWORD)
+        # smtplib tries each mechanism in turn: a refused session refuses them all.
+        if ok and (self.auth_failures > 0 or id(session) in self._refused_sessions):
+            if id(session) not in self._refused_sessions:
+                self.auth_failures -= 1
+                self._refused_sessions.add(id(session))
+            self.commands.append((time.monotonic(), "AUTH", USER, "535"))
+            return AuthResult(
+                success=False, handled=False, message="535 5.7.8 Authentication credentials invalid"
+            )
         if ok:
             self.logins += 1
-        return AuthResult(success=ok)
+        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd sends the 535
 
     def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
         """Block until ``count`` messages have arrived; returns them all."""
@@ -100,13 +140,13 @@ class SMTPTestServer:
                 auth_required=True,
                 auth_require_tls=mode == "starttls",  # aiosmtpd counts only STARTTLS as TLS
             )
-        self.controller = Controller(
-            self.handler,
-            hostname="127.0.0.1",
-            port=self.port,
-            ssl_context=server_context if mode == "ssl" else None,
+        self._controller_args = {
+            "hostname": "127.0.0.1",
+            "port": self.port,
+            "ssl_context": server_context if mode == "ssl" else None,
             **kwargs,
-        )
+        }
+        self.controller = Controller(self.handler, **self._controller_args)
 
     @property
     def messages(self) -> list[Received]:
@@ -117,4 +157,13 @@ class SMTPTestServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.controller.stop(no_assert=True)
+
+    def down(self) -> None:
+        """Stop listening: connections are refused until ``up()``."""
         self.controller.stop()
+
+    def up(self) -> None:
+        """Listen again on the same port, with the same handler and its records."""
+        self.controller = Controller(self.handler, **self._controller_args)
+        self.controller.start()

@@ -1,0 +1,421 @@
+"""``producer.validation.validate_job``: every refusal names its field; the rest is normalised."""
+
+import base64
+import email.policy
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from config import load_settings
+from producer.validation import validate_job
+from worker.errors import InvalidEmail
+from worker.job import Attachment, EmailJob
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return load_settings(
+        _env_file=os.devnull, email_check_deliverability=False, max_attachment_bytes=20 * 1024**2
+    )
+
+
+@pytest.fixture(scope="module")
+def small_limit():
+    return load_settings(_env_file=os.devnull, max_attachment_bytes=10)
+
+
+def job_kwargs(**changes):
+    kwargs = {"to": "ann@example.com", "subject": "Hello", "text": "Hi Ann"}
+    kwargs.update(changes)
+    return {key: value for key, value in kwargs.items() if value is not ...}
+
+
+def refused(settings, field: str, **changes) -> str:
+    """Validate and return the refusal's message, asserting that it starts by naming ``field``."""
+    with pytest.raises(InvalidEmail) as excinfo:
+        validate_job(job_kwargs(**changes), settings)
+    message = str(excinfo.value)
+    assert re.match(rf"{re.escape(field)}(?![\w])", message), message
+    return message
+
+
+def write(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
+def test_invalid_email_is_a_value_error():
+    assert issubclass(InvalidEmail, ValueError)
+
+
+# Refusals
+
+
+@pytest.mark.parametrize("field", ["to", "cc", "bcc", "reply_to"])
+@pytest.mark.parametrize("address", ["bad@", "no-at-sign", "a@localhost", "a@@example.com"])
+def test_malformed_address_is_refused_naming_the_field(settings, field, address):
+    refused(settings, field, **{field: address})
+
+
+def test_malformed_address_in_a_list_is_named_by_position(settings):
+    refused(settings, "cc[1]", cc=["ok@example.com", "bad@"])
+
+
+def test_non_ascii_local_part_is_refused(settings):
+    refused(settings, "to", to="jörg@example.com")
+
+
+BREAKS = {"CR": "\r", "LF": "\n", "NUL": "\0"}
+INJECTION = "Bcc: victim@evil.example"
+
+
+def _breaking(field: str, char: str) -> tuple[str, dict]:
+    """The field name the refusal must give, and the keywords that put ``char`` into it."""
+    if field in ("to", "cc", "bcc", "reply_to"):
+        return field, {field: f"x@example.com{char}{INJECTION}"}
+    if field == "subject":
+        return field, {"subject": f"Hello{char}{INJECTION}"}
+    if field == "headers":
+        return "headers", {"headers": {"X-Tag": f"a{char}{INJECTION}"}}
+    if field == "filename":
+        attachment = {"filename": f"a{char}.txt", "content": b"x"}
+        return "attachments[0].filename", {"attachments": [attachment]}
+    if field == "mimetype":
+        attachment = {"filename": "a.txt", "content": b"x", "mimetype": f"text/plain{char}"}
+        return "attachments[0].mimetype", {"attachments": [attachment]}
+    assert field == "idempotency_key"
+    return field, {"idempotency_key": f"key{char}1"}
+
+
+@pytest.mark.parametrize("char", BREAKS.values(), ids=BREAKS.keys())
+@pytest.mark.parametrize(
+    "field",
+    [
+        "subject",
+        "to",
+        "cc",
+        "bcc",
+        "reply_to",
+        "headers",
+        "filename",
+        "mimetype",
+        "idempotency_key",
+    ],
+)
+def test_line_break_or_nul_is_refused_naming_the_field(settings, field, char):
+    named, changes = _breaking(field, char)
+    refused(settings, named, **changes)
+
+
+def test_line_break_in_an_attachment_file_name_on_disk_is_refused(settings, tmp_path):
+    path = write(tmp_path / "evil\nname.txt", b"x")
+    refused(settings, "attachments[0].filename", attachments=[str(path)])
+
+
+@pytest.mark.parametrize("field", ["text", "html"])
+def test_nul_in_a_body_is_refused(settings, field):
+    refused(settings, field, **{field: "a\0b"})
+
+
+@pytest.mark.parametrize("name", ["Bad Name", "X:Y", "", "X-Ünïcode"])
+def test_invalid_header_name_is_refused(settings, name):
+    refused(settings, "headers", headers={name: "value"})
+
+
+@pytest.mark.parametrize(
+    "name", ["Bcc", "From", "Content-Type", "bcc", "MESSAGE-ID", "Reply-To", "Sender"]
+)
+def test_header_set_by_the_worker_is_refused(settings, name):
+    refused(settings, "headers", headers={name: "value"})
+
+
+@pytest.mark.parametrize(
+    "bodies",
+    [{"text": ...}, {"text": "", "html": ""}, {"text": None, "html": None}],
+    ids=["neither", "both-empty", "both-none"],
+)
+def test_job_without_a_body_is_refused(settings, bodies):
+    refused(settings, "text/html", **bodies)
+
+
+@pytest.mark.parametrize("priority", ["urgent", "low", "HIGH"])
+def test_unknown_priority_is_refused(settings, priority):
+    refused(settings, "priority", priority=priority)
+
+
+def test_unknown_keyword_is_refused_and_named(settings):
+    message = refused(settings, "unknown keyword", recipient="bob@example.com")
+    assert "recipient" in message
+
+
+def test_missing_subject_is_refused(settings):
+    refused(settings, "subject", subject=...)
+
+
+@pytest.mark.parametrize("to", [..., None, [], (), ""], ids=repr)
+def test_missing_or_empty_to_is_refused(settings, to):
+    refused(settings, "to", to=to)
+
+
+@pytest.mark.parametrize("idempotency_key", ["", "k" * 201])
+def test_idempotency_key_must_be_1_to_200_characters(settings, idempotency_key):
+    refused(settings, "idempotency_key", idempotency_key=idempotency_key)
+
+
+@pytest.mark.parametrize("changes", [{"template": "welcome"}, {"context": {"name": "Ann"}}])
+def test_templates_are_refused_as_not_available(settings, changes):
+    refused(settings, "template", **changes)
+
+
+# Attachments
+
+
+def test_attachment_bytes_over_the_limit_are_refused(small_limit):
+    message = refused(
+        small_limit, "attachments", attachments=[{"filename": "a.bin", "content": b"x" * 11}]
+    )
+    assert "MAX_ATTACHMENT_BYTES" in message
+
+
+def test_attachment_bytes_at_the_limit_are_accepted(small_limit):
+    job = validate_job(
+        job_kwargs(attachments=[{"filename": "a.bin", "content": b"x" * 10}]), small_limit
+    )
+    assert job.attachments[0].content == b"x" * 10
+
+
+def test_attachment_file_over_the_limit_is_refused(small_limit, tmp_path):
+    path = write(tmp_path / "big.bin", b"x" * 11)
+    refused(small_limit, "attachments", attachments=[str(path)])
+
+
+def test_attachments_over_the_limit_in_total_are_refused(small_limit, tmp_path):
+    items = [
+        {"filename": "a.bin", "content": b"x" * 6},
+        {"filename": "b.bin", "content_b64": base64.b64encode(b"y" * 6).decode()},
+    ]
+    refused(small_limit, "attachments", attachments=items)
+
+
+def test_attachment_files_over_the_limit_in_total_are_refused(small_limit, tmp_path):
+    first = write(tmp_path / "a.bin", b"x" * 6)
+    second = write(tmp_path / "b.bin", b"y" * 6)
+    refused(small_limit, "attachments", attachments=[first, second])
+
+
+def test_attachment_file_and_bytes_over_the_limit_in_total_are_refused(small_limit, tmp_path):
+    path = write(tmp_path / "a.bin", b"x" * 6)
+    refused(
+        small_limit,
+        "attachments",
+        attachments=[path, {"filename": "b.bin", "content": b"y" * 6}],
+    )
+
+
+def test_attachment_path_that_does_not_exist_is_refused(settings, tmp_path):
+    message = refused(settings, "attachments[0]", attachments=[str(tmp_path / "missing.pdf")])
+    assert "missing.pdf" in message
+
+
+def test_attachment_dict_without_content_is_refused(settings):
+    refused(settings, "attachments[0]", attachments=[{"filename": "a.txt"}])
+
+
+def test_attachment_with_invalid_base64_is_refused(settings):
+    refused(
+        settings,
+        "attachments[0].content_b64",
+        attachments=[{"filename": "a.bin", "content_b64": "not base64!"}],
+    )
+
+
+@pytest.mark.parametrize("filename", ["../etc/passwd", "dir\\a.txt", ""])
+def test_attachment_filename_must_be_bare(settings, filename):
+    refused(
+        settings,
+        "attachments[0].filename",
+        attachments=[{"filename": filename, "content": b"x"}],
+    )
+
+
+@pytest.mark.parametrize("attachments", ["report.pdf", {"filename": "a", "content": b"x"}])
+def test_attachments_must_be_a_list(settings, attachments):
+    refused(settings, "attachments", attachments=attachments)
+
+
+# Accepted input, normalised
+
+
+def test_to_as_a_string_or_a_list_gives_a_tuple(settings):
+    single = validate_job(job_kwargs(to="ann@example.com"), settings)
+    several = validate_job(job_kwargs(to=["ann@example.com", "bob@example.com"]), settings)
+    assert single.to == ("ann@example.com",)
+    assert several.to == ("ann@example.com", "bob@example.com")
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["Ann Bé <ann@example.com>", '"Doe, J" <j@example.org>'],
+)
+def test_display_names_are_kept(settings, address):
+    assert validate_job(job_kwargs(to=address), settings).to == (address,)
+
+
+def test_quotes_around_a_plain_display_name_are_dropped(settings):
+    assert validate_job(job_kwargs(to='"Ann" <ann@example.com>'), settings).to == (
+        "Ann <ann@example.com>",
+    )
+
+
+def test_idn_domain_is_converted_to_punycode(settings):
+    job = validate_job(job_kwargs(to="Jörg <jorg@bücher.example>", cc="a@bücher.example"), settings)
+    assert job.to == ("Jörg <jorg@xn--bcher-kva.example>",)
+    assert job.cc == ("a@xn--bcher-kva.example",)
+
+
+@pytest.mark.parametrize("as_path", [str, Path], ids=["str", "Path"])
+def test_attachment_from_a_file_path(settings, tmp_path, as_path):
+    content = bytes(range(256)) * 4
+    path = write(tmp_path / "report.pdf", content)
+    job = validate_job(job_kwargs(attachments=[as_path(path)]), settings)
+    assert job.attachments == (Attachment("report.pdf", content, "application/pdf"),)
+
+
+def test_attachment_file_with_unknown_extension_is_octet_stream(settings, tmp_path):
+    path = write(tmp_path / "data.xyzzy", b"\x00\x01")
+    job = validate_job(job_kwargs(attachments=[path]), settings)
+    assert job.attachments[0].mimetype == "application/octet-stream"
+
+
+def test_attachment_bytes_without_mimetype_get_a_guessed_one(settings):
+    job = validate_job(
+        job_kwargs(attachments=[{"filename": "photo.png", "content": b"\x89PNG"}]), settings
+    )
+    assert job.attachments == (Attachment("photo.png", b"\x89PNG", "image/png"),)
+
+
+def test_attachment_given_mimetype_is_kept(settings):
+    item = {"filename": "data.bin", "content": b"{}", "mimetype": "application/json"}
+    job = validate_job(job_kwargs(attachments=[item]), settings)
+    assert job.attachments[0].mimetype == "application/json"
+
+
+def test_attachment_content_b64_is_accepted(settings):
+    content = bytes(range(256))
+    item = {"filename": "blob.bin", "content_b64": base64.b64encode(content).decode("ascii")}
+    job = validate_job(job_kwargs(attachments=[item]), settings)
+    assert job.attachments[0].content == content
+
+
+def test_html_only_job_is_accepted(settings):
+    job = validate_job(job_kwargs(text=..., html="<p>Hi</p>"), settings)
+    assert (job.text, job.html) == (None, "<p>Hi</p>")
+
+
+def test_priority_defaults_to_normal(settings):
+    assert validate_job(job_kwargs(), settings).priority == "normal"
+
+
+# The wire form
+
+
+@pytest.fixture
+def full_job(settings, tmp_path) -> EmailJob:
+    path = write(tmp_path / "notes.txt", "Grüße\n".encode())
+    return validate_job(
+        {
+            "to": ["Ann Bé <ann@example.com>", '"Doe, J" <j@example.org>'],
+            "subject": "Grüße — report",
+            "text": "Hello\nWorld",
+            "html": "<p>Hello <b>World</b></p>",
+            "cc": "cc@bücher.example",
+            "bcc": ["Hidden <hidden@example.net>"],
+            "reply_to": "replies@example.com",
+            "headers": {"X-Campaign": "spring ☀", "List-Id": "<news.example.com>"},
+            "attachments": [
+                path,
+                {"filename": "résumé.pdf", "content": bytes(range(256)) * 3},
+                {"filename": "raw", "content_b64": base64.b64encode(b"\0\1\2").decode()},
+            ],
+            "priority": "high",
+            "idempotency_key": "order-42",
+        },
+        settings,
+    )
+
+
+def test_wire_form_is_json_serialisable(full_job):
+    payload = json.loads(json.dumps(full_job.to_dict()))
+    assert payload["to"] == list(full_job.to)
+    assert payload["priority"] == "high"
+
+
+def test_validating_the_wire_form_again_gives_the_same_job(settings, full_job):
+    wire = json.loads(json.dumps(full_job.to_dict()))
+    assert validate_job(wire, settings) == full_job
+
+
+def test_validating_a_minimal_wire_form_again_gives_the_same_job(settings):
+    job = validate_job(job_kwargs(), settings)
+    assert validate_job(job.to_dict(), settings) == job
+
+
+def test_from_dict_of_the_wire_form_gives_the_same_job(full_job):
+    assert EmailJob.from_dict(json.loads(json.dumps(full_job.to_dict()))) == full_job
+
+
+@pytest.mark.parametrize(
+    "address", ['Ann "The Boss" Lee <ann@example.com>', "Back\\slash <b@example.com>"]
+)
+def test_display_name_with_quotes_or_backslash_survives_revalidation(settings, address):
+    job = validate_job(job_kwargs(to=address), settings)
+    assert validate_job(job.to_dict(), settings) == job
+
+
+def test_escaped_quotes_in_a_quoted_display_name_are_understood(settings):
+    job = validate_job(job_kwargs(to='"Ann \\"Boss\\"" <ann@example.com>'), settings)
+    (address,) = email.policy.default.header_factory("To", job.to[0]).addresses
+    assert (address.display_name, address.addr_spec) == ('Ann "Boss"', "ann@example.com")
+
+
+def test_attachment_file_name_from_disk_survives_revalidation(settings, tmp_path):
+    path = write(tmp_path / "a\\b.txt", b"x")
+    job = validate_job(job_kwargs(attachments=[path]), settings)
+    assert validate_job(job.to_dict(), settings) == job
+
+
+def test_recipients_include_bcc_as_bare_addresses_each_once(settings):
+    job = validate_job(
+        job_kwargs(
+            to=["Ann <ann@example.com>", "bob@example.com"],
+            cc=["Bob Again <bob@example.com>", "carl@example.com"],
+            bcc=["Dee <dee@example.com>", "ann@example.com"],
+        ),
+        settings,
+    )
+    assert job.recipients == [
+        "ann@example.com",
+        "bob@example.com",
+        "carl@example.com",
+        "dee@example.com",
+    ]
+
+
+def test_summary_contains_no_body_and_no_attachment_bytes(settings):
+    secret = b"ATTACHMENT-SECRET-BYTES"
+    job = validate_job(
+        job_kwargs(
+            text="TEXT-BODY-SECRET",
+            html="<p>HTML-BODY-SECRET</p>",
+            attachments=[{"filename": "a.bin", "content": secret}],
+        ),
+        settings,
+    )
+    shown = repr(job.summary())
+    for hidden in ("TEXT-BODY-SECRET", "HTML-BODY-SECRET", "ATTACHMENT-SECRET-BYTES"):
+        assert hidden not in shown
+    assert base64.b64encode(secret).decode() not in shown
+    assert "a.bin" in shown

@@ -1,0 +1,115 @@
+"""The dead-letter queue: a broker queue named ``dead_letter`` that no worker consumes.
+
+Each entry holds the job id and the full original job, the reason it died
+(``permanent``, ``exhausted``, ``invalid`` or ``crashed``), the last SMTP reply,
+every attempt with its time, and the recipients that did not get the message.
+"""
+
+import base64
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu import Queue
+
+from worker.errors import InvalidEmail, PermanentError, TransientError
+from worker.ledger import JobState
+
+log = logging.getLogger(__name__)
+
+QUEUE = Queue("dead_letter", routing_key="dead_letter")
+REASONS = ("permanent", "exhausted", "invalid", "crashed")
+
+
+def reason_for(exc: BaseException | None) -> str:
+    match exc:
+        case InvalidEmail():
+            return "invalid"
+        case PermanentError():
+            return "permanent"
+        case TransientError():
+            return "exhausted"  # Celery re-raises the last transient error once retries run out
+    return "crashed"
+
+
+def make_entry(
+    job_id: str,
+    job: dict[str, Any],
+    exc: BaseException | None,
+    state: JobState,
+    *,
+    traceback: str | None = None,
+) -> dict[str, Any]:
+    failed = {r: list(reply) for r, reply in state.failed.items()}
+    failed.update({r: list(reply) for r, reply in getattr(exc, "recipients", {}).items()})
+    if not failed and not isinstance(exc, InvalidEmail):
+        delivered = state.delivered
+        to = [r for r in _recipients(job) if r not in delivered]
+        failed = {r: [getattr(exc, "smtp_code", None), getattr(exc, "smtp_text", None)] for r in to}
+    return {
+        "job_id": job_id,
+        "job": job,
+        "reason": reason_for(exc),
+        "error": f"{type(exc).__name__}: {exc}" if exc else None,
+        "smtp_code": getattr(exc, "smtp_code", None),
+        "smtp_text": getattr(exc, "smtp_text", None),
+        "attempts": state.attempts,
+        "failed_recipients": failed,
+        "delivered_recipients": sorted(state.delivered),
+        "traceback": traceback if reason_for(exc) == "crashed" else None,
+        "dead_at": time.time(),
+    }
+
+
+def _recipients(job: dict[str, Any]) -> list[str]:
+    from email.utils import getaddresses
+
+    values = [v for k in ("to", "cc", "bcc") for v in job.get(k) or ()]
+    return [addr for _, addr in getaddresses(values) if addr]
+
+
+def publish(app: Celery, entry: dict[str, Any]) -> None:
+    """Put an entry on the dead-letter queue, retrying the broker connection."""
+    with app.producer_or_acquire() as producer:
+        producer.publish(
+            entry,
+            exchange="",
+            routing_key=QUEUE.name,
+            serializer="json",
+            declare=[QUEUE],
+            delivery_mode=2,
+            retry=True,
+            retry_policy={"max_retries": 10, "interval_start": 0.5, "interval_step": 1},
+        )
+
+
+@dataclass(frozen=True)
+class Stored:
+    raw: bytes  # the broker's copy, needed to remove exactly this entry
+    entry: dict[str, Any]
+
+
+def _decode(raw: bytes) -> dict[str, Any]:
+    envelope = json.loads(raw)
+    body = envelope["body"]
+    if envelope.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    return json.loads(body)
+
+
+def read(client: redis.Redis) -> list[Stored]:
+    """Every entry, oldest first (kombu pushes on the left and consumers pop on the right)."""
+    return [Stored(raw, _decode(raw)) for raw in reversed(client.lrange(QUEUE.name, 0, -1))]
+
+
+def find(client: redis.Redis, job_id: str) -> Stored | None:
+    matches = [s for s in read(client) if s.entry["job_id"] == job_id]
+    return matches[-1] if matches else None
+
+
+def remove(client: redis.Redis, stored: Stored) -> bool:
+    return bool(client.lrem(QUEUE.name, 1, stored.raw))

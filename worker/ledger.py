@@ -1,0 +1,126 @@
+"""Per-job delivery state in Redis: who already has the message, who refused it, every attempt.
+
+A redelivered or retried job consults this before sending, so a recipient the
+server accepted is never sent the message again. One hash per job, plus a lock
+that keeps two workers from delivering the same job at the same moment (Redis
+hands a job to a second worker once the visibility timeout passes).
+"""
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+# Longer than any retry schedule or dead-letter replay window: forgetting a job's
+# delivered recipients is what would let a late replay send twice.
+STATE_TTL_S = 30 * 24 * 3600
+PREFIX = "emailq:job:"
+
+# Take the lock; only a taker counts as a start. Returns {locked, HGETALL of the state}.
+_BEGIN = """
+local locked = redis.call('set', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2])
+if locked then
+  redis.call('hincrby', KEYS[1], 'starts', 1)
+  redis.call('expire', KEYS[1], ARGV[3])
+end
+return {locked and 1 or 0, redis.call('hgetall', KEYS[1])}
+"""
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass
+class JobState:
+    delivered: set[str] = field(default_factory=set)
+    failed: dict[str, tuple[int, str]] = field(default_factory=dict)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    final: str | None = None  # "sent" or "dead" once the job is over
+    starts: int = 0  # executions begun, including ones whose worker died
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes]) -> "JobState":
+        state = cls()
+        for key, value in raw.items():
+            name = key.decode()
+            if name.startswith("d:"):
+                state.delivered.add(name[2:])
+            elif name.startswith("f:"):
+                code, text = json.loads(value)
+                state.failed[name[2:]] = (code, text)
+            elif name == "attempts":
+                state.attempts = json.loads(value)
+            elif name == "final":
+                state.final = value.decode()
+            elif name == "starts":
+                state.starts = int(value)
+        return state
+
+    @property
+    def unrecorded_starts(self) -> int:
+        """Executions that ended without recording an attempt: the worker died mid-job."""
+        return self.starts - len(self.attempts)
+
+
+class Ledger:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._begin = client.register_script(_BEGIN)
+        self._release = client.register_script(_RELEASE)
+
+    def begin(self, job_id: str, *, lock_ttl_s: int) -> tuple[str | None, JobState]:
+        """Take the job's lock and read its state in one round trip. Token is None if busy."""
+        token = uuid.uuid4().hex
+        key = PREFIX + job_id
+        locked, flat = self._begin(keys=[key, key + ":lock"], args=[token, lock_ttl_s, STATE_TTL_S])
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        return (token if locked else None), JobState.from_hash(raw)
+
+    def record(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        delivered: list[str] = (),  # type: ignore[assignment]
+        failed: dict[str, tuple[int, str]] | None = None,
+        attempt: dict[str, Any] | None = None,
+        final: str | None = None,
+        token: str | None = None,
+    ) -> None:
+        """Write an attempt's outcome (and release the lock) in one round trip."""
+        key = PREFIX + job_id
+        mapping: dict[str, str] = {f"d:{r}": "1" for r in delivered}
+        for rcpt, reply in (failed or {}).items():
+            mapping[f"f:{rcpt}"] = json.dumps(list(reply))
+        if attempt is not None:
+            state.attempts.append({"at": time.time(), **attempt})
+            mapping["attempts"] = json.dumps(state.attempts)
+        if final is not None:
+            mapping["final"] = final
+        state.delivered.update(delivered)
+        state.failed.update(failed or {})
+        pipe = self.redis.pipeline(transaction=False)
+        if mapping:
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, STATE_TTL_S)
+        if token is not None:
+            self._release(keys=[key + ":lock"], args=[token], client=pipe)
+        pipe.execute()
+
+    def release(self, job_id: str, token: str) -> None:
+        self._release(keys=[PREFIX + job_id + ":lock"], args=[token])
+
+    def state(self, job_id: str) -> JobState:
+        return JobState.from_hash(self.redis.hgetall(PREFIX + job_id))
+
+    def reopen(self, job_id: str) -> None:
+        """Before a replay: forget refusals, attempts and the verdict; keep who has the message."""
+        key = PREFIX + job_id
+        fields = [k for k in self.redis.hkeys(key) if not k.startswith(b"d:")]
+        if fields:
+            self.redis.hdel(key, *fields)
