@@ -8,8 +8,8 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Retry
-from celery.utils import uuid
 from celery.signals import task_failure, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.utils import uuid
 
 from config import get_settings
 from producer.validation import validate_job

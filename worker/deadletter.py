@@ -9,6 +9,7 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,3 +114,31 @@ def find(client: redis.Redis, job_id: str) -> Stored | None:
 
 def remove(client: redis.Redis, stored: Stored) -> bool:
     return bool(client.lrem(QUEUE.name, 1, stored.raw))
+
+
+def replay(
+    client: redis.Redis,
+    stored: Stored,
+    *,
+    reopen: Callable[[str], None],
+    enqueue: Callable[[dict[str, Any], str], None],
+) -> None:
+    """Send a dead job again: same id, its priority, a fresh retry budget.
+
+    The ledger keeps who already has the message, so only the rest are sent to.
+    Publish first, then remove: a crash in between leaves a duplicate the ledger skips.
+    """
+    job_id = stored.entry["job_id"]
+    reopen(job_id)
+    enqueue(stored.entry["job"], job_id)
+    remove(client, stored)
+
+
+def purge(client: redis.Redis, *, older_than_s: float | None = None) -> int:
+    """Remove entries (all, or those dead longer than ``older_than_s``); returns how many."""
+    if older_than_s is None:
+        count = client.llen(QUEUE.name)
+        client.delete(QUEUE.name)
+        return count
+    cutoff = time.time() - older_than_s
+    return sum(remove(client, s) for s in read(client) if s.entry["dead_at"] < cutoff)

@@ -10,7 +10,8 @@ import pytest
 
 from producer import enqueue_email
 from tests.support.smtp import DROP
-from worker import deadletter
+from worker import deadletter, delayed
+from worker.celery import app
 from worker.errors import PermanentError
 
 FAST_RETRIES = {
@@ -198,3 +199,99 @@ def test_a_rejected_login_is_retried_with_a_critical_log_and_never_dead_lettered
     critical = [line for line in worker.log().splitlines() if "CRITICAL" in line]
     assert len(critical) == 3
     assert all("EMAIL_PASSWORD" in line and "535" in line for line in critical)
+
+
+def test_a_malformed_payload_that_bypassed_the_producer_is_dead_lettered_as_invalid(
+    smtp_server, worker, session_redis
+):
+    # send_task skips enqueue_email's validation, as a foreign producer would
+    app.send_task("emailq.send", kwargs={"subject": "no recipients"}, queue="normal")
+
+    [entry] = _dead(session_redis.client())
+    assert entry["reason"] == "invalid"
+    assert entry["job"] == {"subject": "no recipients"}
+    assert "malformed job payload" in entry["error"]
+    assert smtp_server.messages == []
+
+
+def test_an_unexpected_exception_is_dead_lettered_as_crashed_with_its_traceback(
+    smtp_server, worker, session_redis
+):
+    # A header value that is not a string gets past the wire decoder but breaks the builder
+    app.send_task(
+        "emailq.send",
+        kwargs={"to": ["ann@example.com"], "subject": "s", "text": "t", "headers": {"X-N": 5}},
+        queue="normal",
+    )
+
+    [entry] = _dead(session_redis.client())
+    assert entry["reason"] == "crashed"
+    assert "Traceback" in entry["traceback"]
+    assert smtp_server.messages == []
+    time.sleep(2)
+    assert len(deadletter.read(session_redis.client())) == 1  # not retried
+
+
+def test_a_retry_longer_than_the_visibility_timeout_sends_once(
+    smtp_server, start_worker, session_redis
+):
+    # Given two workers whose broker hands unacknowledged jobs on after 2 s, and a
+    # retry delay of 4 s: held in a worker, the retry would be delivered twice
+    env = {**FAST_RETRIES, "VISIBILITY_TIMEOUT_S": "2", "RETRY_BACKOFF_BASE_S": "4"}
+    workers = [start_worker(smtp_server, **env), start_worker(smtp_server, **env)]
+    smtp_server.handler.rcpt_replies["ann@example.com"] = ["451 4.3.0 Later"]
+
+    result = _send("ann@example.com")
+
+    # Then the retry waits parked in Redis, not unacknowledged in a worker
+    deadline = time.monotonic() + 10
+    while not delayed.pending(session_redis.client()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert delayed.pending(session_redis.client()) == 1
+    # And it arrives once, on the retry; no worker ever sees a second copy
+    assert result.get(timeout=60)["accepted"] == ["ann@example.com"]
+    time.sleep(2 + 5 + 3)  # visibility timeout + restore sweep + margin
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["ann@example.com"]]
+    assert len(smtp_server.handler.attempts("ann@example.com")) == 2
+    for worker in workers:
+        worker.stop()
+        assert "skipping the duplicate" not in worker.log()
+
+
+def test_a_completed_job_delivered_again_by_the_broker_is_not_sent_twice(smtp_server, worker):
+    result = _send("ann@example.com")
+    result.get(timeout=30)
+
+    # The broker redelivers the same job (same id), as after a lost acknowledgement
+    enqueue_email.apply_async(
+        kwargs={"to": "ann@example.com", "subject": "Fault test", "text": "body"}, task_id=result.id
+    )
+
+    deadline = time.monotonic() + 30
+    while "skipping the duplicate" not in worker.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert f"job {result.id} already sent; skipping the duplicate" in worker.log()
+    assert len(smtp_server.messages) == 1
+
+
+def test_a_job_whose_workers_keep_dying_is_dead_lettered_as_crashed(
+    smtp_server, worker, session_redis
+):
+    # Given a job that three workers already took and died with, lock expired each time
+    from worker.ledger import Ledger
+
+    ledger = Ledger(session_redis.client())
+    job_id = "poison-job"
+    for _ in range(4):
+        token, _ = ledger.begin(job_id, lock_ttl_s=60)
+        ledger.release(job_id, token)
+
+    # When it is delivered once more
+    enqueue_email.apply_async(
+        kwargs={"to": "ann@example.com", "subject": "s", "text": "t"}, task_id=job_id
+    )
+
+    # Then it is dead-lettered instead of taking down another worker
+    [entry] = _dead(session_redis.client())
+    assert entry["reason"] == "crashed" and "died" in entry["error"]
+    assert smtp_server.messages == []

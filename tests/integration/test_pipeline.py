@@ -121,4 +121,3 @@ def test_secrets_and_bodies_stay_out_of_task_arguments_and_logs(
     worker.stop()
     assert smtp.PASSWORD not in worker.log()
     assert secret_body not in worker.log()
-

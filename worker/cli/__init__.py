@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from worker.cli.dlq import dlq
 from worker.cli.sink import start_sink
 
 
@@ -40,3 +41,6 @@ def sink(host: str, port: int, outbox: Path) -> None:
         pass
     finally:
         controller.stop()
+
+
+main.add_command(dlq)
