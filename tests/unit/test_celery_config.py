@@ -43,3 +43,14 @@ def test_enqueue_email_is_registered_under_its_public_name():
 
     assert enqueue_email.name == "emailq.send"
     assert isinstance(app.tasks["emailq.send"], EmailTask)
+
+
+def test_transient_errors_retry_with_capped_exponential_backoff_and_full_jitter():
+    from producer import enqueue_email
+    from worker.errors import TransientError
+
+    assert enqueue_email.autoretry_for == (TransientError,)
+    assert enqueue_email.retry_backoff == 300
+    assert enqueue_email.retry_backoff_max == 4000
+    assert enqueue_email.retry_jitter is True
+    assert enqueue_email.max_retries == 10
