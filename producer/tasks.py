@@ -8,7 +8,13 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Retry
-from celery.signals import task_failure, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import (
+    task_failure,
+    task_retry,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 from celery.utils import uuid
 
 from config import get_settings
@@ -18,6 +24,7 @@ from worker.celery import app
 from worker.delivery import close_shared_sender, deliver, shared
 from worker.errors import ConfigurationError, InvalidEmail, JobBusy, TransientError
 from worker.job import EmailJob
+from worker.recorder import recorder
 from worker.store import redis_client
 
 log = logging.getLogger(__name__)
@@ -35,8 +42,12 @@ class EmailTask(Task):
         options.setdefault("kwargsrepr", repr(job.summary()))  # what Flower shows: no bodies
         due = _due(options.pop("countdown", None), options.pop("eta", None))
         if due is not None:
-            return self._park(job, task_id, due, options)
-        return super().apply_async(kwargs=job.to_dict(), task_id=task_id, **options)
+            result = self._park(job, task_id, due, options)
+        else:
+            result = super().apply_async(kwargs=job.to_dict(), task_id=task_id, **options)
+        if not options.get("retries"):
+            recorder().emit("queued", result.id, job.tracking_info())
+        return result
 
     def _park(self, job: EmailJob, task_id: str | None, due: float, options: dict) -> Any:
         task_id = task_id or uuid()
@@ -116,7 +127,19 @@ def _dead_letter(sender=None, task_id=None, exception=None, kwargs=None, einfo=N
         log.critical("job %s: dead-letter publish failed; entry: %r", task_id, entry)
         raise
     ledger.record(task_id, state, final="dead")
+    recorder().emit(
+        "dead", task_id, kwargs or {}, attempts=len(state.attempts), last_error=entry["error"]
+    )
     log.error("job %s dead-lettered (%s): %s", task_id, entry["reason"], entry["error"])
+
+
+@task_retry.connect
+def _track_retry(sender=None, request=None, reason=None, **_):
+    if getattr(sender, "name", None) == enqueue_email.name:
+        recorder().emit(
+            "retrying", request.id, request.kwargs or {},
+            attempts=request.retries + 1, last_error=str(reason),
+        )  # fmt: skip
 
 
 _mover: delayed.Mover | None = None
@@ -147,3 +170,4 @@ def _stop_mover(**_: Any) -> None:
 @worker_shutdown.connect
 def _close_connections(**_: Any) -> None:
     close_shared_sender()
+    recorder().flush()

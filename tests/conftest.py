@@ -16,6 +16,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # Settings are read once per process; set the environment before anything imports them.
     global _session_redis
     os.environ["EMAILQ_ENV_FILE"] = os.devnull
+    tracking = Path(tempfile.mkdtemp(prefix="emailq-tracking-")) / "tracking.sqlite3"
+    os.environ["DATABASE_URL"] = f"sqlite:///{tracking}"
     if shutil.which("redis-server"):
         _session_redis = RedisServer(Path(tempfile.mkdtemp(prefix="emailq-redis-"))).start()
         os.environ["REDIS_URL"] = _session_redis.url

@@ -14,6 +14,7 @@ from worker.errors import ConfigurationError, JobBusy, PermanentError, Transient
 from worker.job import EmailJob
 from worker.ledger import JobState, Ledger
 from worker.message import build_message
+from worker.recorder import recorder
 from worker.sender import SMTPSender
 from worker.store import redis_client
 
@@ -52,6 +53,7 @@ def deliver(
     ``JobBusy`` (another worker holds the job) or ``WorkerLost``.
     """
     from_ = settings.sender
+    payload = job.tracking_info()
     token, state = ledger.begin(job_id, lock_ttl_s=lock_ttl_s(settings))
     if token is None:
         raise JobBusy(f"job {job_id} is being delivered by another worker")
@@ -63,6 +65,8 @@ def deliver(
         if state.unrecorded_starts > MAX_LOST_STARTS:
             raise WorkerLost(f"job {job_id}: {state.unrecorded_starts - 1} workers died sending it")
         pending = [r for r in job.recipients if r not in state.delivered and r not in state.failed]
+        track = recorder()
+        track.emit("sending", job_id, payload, attempts=len(state.attempts))
         message = build_message(job, job_id=job_id, sender=from_)
         try:
             result = sender.send(message, sender=from_.addr_spec, recipients=pending)
@@ -71,10 +75,9 @@ def deliver(
             if error is None:
                 raise  # a bug: dead-lettered as crashed, with its traceback
             failed = _failed(error, pending)
-            ledger.record(
-                job_id, state, failed=failed, token=token,
-                attempt=_attempt(error, pending, outcome=_outcome(error)),
-            )  # fmt: skip
+            attempt = _attempt(error, pending, outcome=_outcome(error))
+            ledger.record(job_id, state, failed=failed, token=token, attempt=attempt)
+            track.emit("attempt", job_id, **attempt)
             done = True
             if isinstance(error, ConfigurationError):
                 error.attempts = len(state.attempts)  # type: ignore[attr-defined]
@@ -86,14 +89,21 @@ def deliver(
             (permanent if kind is PermanentError else transient)[rcpt] = (code, text)
             log.warning("job %s: recipient %s refused: %s %s", job_id, rcpt, code, text)
         clean = not transient and not permanent and not state.failed
+        attempt = {
+            "outcome": "sent" if clean else "partial",
+            "smtp_code": result.reply[0],
+            "smtp_text": result.reply[1],
+            "recipients": list(result.accepted),
+            "refused": {r: list(v) for r, v in result.refused.items()},
+        }
         ledger.record(
             job_id, state, delivered=list(result.accepted), failed=permanent, token=token,
-            final="sent" if clean else None,
-            attempt={"outcome": "sent" if clean else "partial", "smtp_code": result.reply[0],
-                     "smtp_text": result.reply[1], "recipients": list(result.accepted),
-                     "refused": {r: list(v) for r, v in result.refused.items()}},
+            final="sent" if clean else None, attempt=attempt,
         )  # fmt: skip
         done = True
+        track.emit("attempt", job_id, **attempt)
+        if clean:
+            track.emit("sent", job_id, payload, attempts=len(state.attempts))
         log.info(
             "job %s sent to %d recipient(s), %d refused: %s %s",
             job_id, len(result.accepted), len(result.refused), *result.reply,

@@ -99,6 +99,13 @@ class EmailJob:
                 raise
             raise InvalidEmail(f"malformed job payload: {exc!r}") from None
 
+    def tracking_info(self) -> dict[str, Any]:
+        """What the tracking store keeps of a job: no bodies, no attachments."""
+        return {
+            "to": self.to, "cc": self.cc, "bcc": self.bcc, "subject": self.subject,
+            "priority": self.priority, "idempotency_key": self.idempotency_key,
+        }  # fmt: skip
+
     def summary(self) -> dict[str, Any]:
         """A short, secret-free description for logs and Flower: no bodies, no attachment bytes."""
         info: dict[str, Any] = {"to": list(self.to), "subject": self.subject[:120]}

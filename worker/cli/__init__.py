@@ -9,6 +9,7 @@ import click
 
 from worker.cli.dlq import dlq
 from worker.cli.sink import start_sink
+from worker.cli.tracking import failed, stats, status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,4 +44,5 @@ def sink(host: str, port: int, outbox: Path) -> None:
         controller.stop()
 
 
-main.add_command(dlq)
+for command in (dlq, status, stats, failed):
+    main.add_command(command)

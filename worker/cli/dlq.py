@@ -12,6 +12,7 @@ from rich.table import Table
 from worker import deadletter
 from worker.errors import InvalidEmail
 from worker.ledger import Ledger
+from worker.recorder import recorder
 from worker.store import redis_client
 
 console = Console()
@@ -114,7 +115,9 @@ def replay(job_ids: tuple[str, ...], replay_all: bool) -> None:
     for job_id in sorted(missing):
         click.echo(f"{job_id}: not in the dead-letter queue", err=True)
         failures += 1
+    track = recorder()
     for s in wanted:
+        track.emit("requeued", s.entry["job_id"], s.entry["job"])
         try:
             deadletter.replay(
                 client, s, reopen=ledger.reopen,
