@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = "redis://localhost:6379/0"
+    redis_sentinel_master: str = "mymaster"  # the master's name, for sentinel:// URLs
 
     smtp_provider: str | None = None  # fills host, port and security; explicit values win
     smtp_server: str = "localhost"  # the development sink (`emailq sink`)
@@ -67,6 +68,8 @@ class Settings(BaseSettings):
     email_check_deliverability: bool = False  # DNS lookups on every address when True
 
     flower_basic_auth: SecretStr | None = None  # "user:password[,user2:password2]"
+    flower_auth: str | None = None  # Flower's own OAuth allow-list (FLOWER_AUTH), instead
+    flower_insecure_no_auth: bool = False  # development only: Flower without a password
 
     @model_validator(mode="before")
     @classmethod

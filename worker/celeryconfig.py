@@ -30,7 +30,9 @@ task_queues = (Queue("high", routing_key="high"), Queue("normal", routing_key="n
 task_default_queue = "normal"
 task_create_missing_queues = False
 
-_visibility = {"visibility_timeout": _settings.visibility_timeout_s}
+_visibility: dict = {"visibility_timeout": _settings.visibility_timeout_s}
+if _settings.redis_url.startswith("sentinel://"):
+    _visibility["master_name"] = _settings.redis_sentinel_master
 broker_transport_options = {
     **_visibility,
     "queue_order_strategy": "priority",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from worker.cli.check import check
 from worker.cli.dlq import dlq
 from worker.cli.sink import start_sink
 from worker.cli.tracking import failed, stats, status
@@ -44,5 +45,5 @@ def sink(host: str, port: int, outbox: Path) -> None:
         controller.stop()
 
 
-for command in (dlq, status, stats, failed):
+for command in (dlq, status, stats, failed, check):
     main.add_command(command)

@@ -1,0 +1,51 @@
+"""`emailq check` against real Redis, SMTP (STARTTLS, AUTH) and the tracking database."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.conftest import smtp_env
+from tests.support import free_port, smtp
+
+EMAILQ = str(Path(sys.executable).with_name("emailq"))
+
+
+def check(**env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [EMAILQ, "check"], env={**os.environ, "COLUMNS": "200", **env},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_every_piece_passes_when_everything_is_reachable(smtp_server, ca_file):
+    out = check(**smtp_env(smtp_server, ca_file))
+
+    assert out.returncode == 0, out.stdout + out.stderr
+    for piece in ("configuration", "redis", "smtp", "tracking database"):
+        assert f"✓ {piece}" in out.stdout
+    assert "STARTTLS, certificate verified, logged in as sender@example.com" in out.stdout
+
+
+def test_a_wrong_password_fails_the_smtp_check_and_names_the_setting(smtp_server, ca_file):
+    out = check(**smtp_env(smtp_server, ca_file, EMAIL_PASSWORD="wrong"))
+
+    assert out.returncode == 1
+    assert "✗ smtp" in out.stdout and "535" in out.stdout and "EMAIL_PASSWORD" in out.stdout
+    assert "wrong" not in out.stdout  # the password itself is never printed
+    assert smtp.PASSWORD not in out.stdout
+
+
+def test_an_unverified_certificate_and_a_dead_redis_fail_with_their_reasons(smtp_server):
+    out = check(**smtp_env(smtp_server, None), REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+
+    assert out.returncode == 1
+    assert "✗ redis" in out.stdout
+    assert "✗ smtp" in out.stdout and "SMTP_CA_FILE" in out.stdout
+    assert "✓ tracking database" in out.stdout
+
+
+def test_a_bad_setting_fails_the_configuration_check(smtp_server, ca_file):
+    out = check(**smtp_env(smtp_server, ca_file, SMTP_PORT="seventy"))
+
+    assert out.returncode == 1 and "✗ configuration" in out.stdout and "SMTP_PORT" in out.stdout

@@ -1,0 +1,74 @@
+"""``emailq check``: configuration and connectivity, one line per piece, with the reason."""
+
+import sys
+from collections.abc import Callable
+
+import click
+from kombu.utils.url import maybe_sanitize_url
+from rich.console import Console
+
+from config import Settings, load_settings
+from worker.classify import classify
+from worker.errors import ConfigurationError
+
+console = Console()
+
+
+def _redis(settings: Settings) -> str:
+    import redis
+
+    redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5).ping()
+    return maybe_sanitize_url(settings.redis_url)
+
+
+def _smtp(settings: Settings) -> str:
+    from worker.sender import SMTPSender
+
+    settings.sender  # noqa: B018 - raises when no From address is configured
+    smtp = SMTPSender(settings).connect()  # connect, EHLO, STARTTLS with verification, AUTH
+    smtp.quit()
+    steps = {
+        "ssl": "implicit TLS, certificate verified",
+        "starttls": "STARTTLS, certificate verified",
+        "none": "no TLS",
+    }[settings.security]
+    login = f"logged in as {settings.login}" if settings.email_password else "no login"
+    return f"{settings.smtp_server}:{settings.smtp_port}: EHLO, {steps}, {login}"
+
+
+def _database(settings: Settings) -> str:
+    from worker.tracking import TrackingStore, engine_for, ensure_schema
+
+    engine = engine_for(settings.database_url)
+    ensure_schema(engine)
+    TrackingStore(engine).ping()
+    return maybe_sanitize_url(settings.database_url)
+
+
+def _reason(exc: Exception) -> str:
+    classified = classify(exc)
+    return str(classified if classified is not None else exc) or type(exc).__name__
+
+
+@click.command()
+def check() -> None:
+    """Check the configuration, Redis, SMTP and the tracking database; exit 1 on any failure."""
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        console.print(f"[red]✗[/] configuration: {exc}", highlight=False)
+        sys.exit(1)
+    console.print(f"[green]✓[/] configuration: SMTP_SECURITY={settings.security}", highlight=False)
+    checks: list[tuple[str, Callable[[Settings], str]]] = [
+        ("redis", _redis), ("smtp", _smtp), ("tracking database", _database),
+    ]  # fmt: skip
+    failures = 0
+    for name, probe in checks:
+        try:
+            detail = probe(settings)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, none stops the list
+            failures += 1
+            console.print(f"[red]✗[/] {name}: {_reason(exc)}", highlight=False)
+        else:
+            console.print(f"[green]✓[/] {name}: {detail}", highlight=False)
+    sys.exit(1 if failures else 0)
