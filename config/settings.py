@@ -64,6 +64,8 @@ class Settings(BaseSettings):
 
     visibility_timeout_s: int = 3600  # unacknowledged jobs return to the queue after this
 
+    idempotency_window_s: int = 24 * 3600  # a repeated idempotency_key within this sends once
+    templates_dir: Path | None = None  # NAME.subject/.txt/.html; searched before the packaged ones
     max_attachment_bytes: int = 20 * 1024 * 1024  # 20 MiB: what most providers accept
     email_check_deliverability: bool = False  # DNS lookups on every address when True
 

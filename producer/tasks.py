@@ -2,11 +2,8 @@
 
 import logging
 import random
-import time
-from datetime import datetime
 from typing import Any
 
-from celery import Task
 from celery.exceptions import Retry
 from celery.signals import (
     task_failure,
@@ -15,58 +12,19 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
-from celery.utils import uuid
 
 from config import get_settings
-from producer.validation import validate_job
+from producer.publishing import EmailTask
 from worker import deadletter, delayed
 from worker.celery import app
 from worker.delivery import close_shared_sender, deliver, shared
-from worker.errors import ConfigurationError, InvalidEmail, JobBusy, TransientError
+from worker.errors import ConfigurationError, JobBusy, TransientError
 from worker.job import EmailJob
 from worker.recorder import recorder
 from worker.store import redis_client
 
 log = logging.getLogger(__name__)
 settings = get_settings()
-
-
-class EmailTask(Task):
-    """A task whose ``apply_async`` refuses bad input, routes by priority and parks delays."""
-
-    def apply_async(self, args=None, kwargs=None, task_id=None, **options):  # noqa: D102
-        if args:
-            raise InvalidEmail("enqueue_email takes keyword arguments only")
-        job = validate_job(kwargs or {}, get_settings())
-        options.setdefault("queue", job.priority)  # the queues are named after the priorities
-        options.setdefault("kwargsrepr", repr(job.summary()))  # what Flower shows: no bodies
-        due = _due(options.pop("countdown", None), options.pop("eta", None))
-        if due is not None:
-            result = self._park(job, task_id, due, options)
-        else:
-            result = super().apply_async(kwargs=job.to_dict(), task_id=task_id, **options)
-        if not options.get("retries"):
-            recorder().emit("queued", result.id, job.tracking_info())
-        return result
-
-    def _park(self, job: EmailJob, task_id: str | None, due: float, options: dict) -> Any:
-        task_id = task_id or uuid()
-        entry = {
-            "task_id": task_id,
-            "kwargs": job.to_dict(),
-            "queue": options["queue"],
-            "retries": options.get("retries", 0),
-        }
-        delayed.park(redis_client(), entry, due)
-        return self.AsyncResult(task_id)
-
-
-def _due(countdown: float | None, eta: datetime | str | None) -> float | None:
-    if eta is not None:
-        return (datetime.fromisoformat(eta) if isinstance(eta, str) else eta).timestamp()
-    if countdown:
-        return time.time() + float(countdown)
-    return None
 
 
 @app.task(
@@ -155,6 +113,7 @@ def _start_mover(**_: Any) -> None:
             task_id=entry["task_id"],
             queue=entry["queue"],
             retries=entry.get("retries", 0),
+            expires=entry.get("expires"),
         )
 
     _mover = delayed.Mover(redis_client(), publish).start()

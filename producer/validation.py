@@ -14,13 +14,14 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 
 from config import Settings
+from producer.rendering import render
 from worker.errors import InvalidEmail
 from worker.job import PRIORITIES, Attachment, EmailJob
 
 KEYWORDS = frozenset(
     {
         "to", "subject", "text", "html", "cc", "bcc", "reply_to", "headers",
-        "attachments", "priority", "idempotency_key", "template", "context",
+        "attachments", "priority", "idempotency_key", "template", "context", "batch_id",
     }
 )  # fmt: skip
 
@@ -175,8 +176,13 @@ def validate_job(kwargs: Mapping[str, Any], settings: Settings) -> EmailJob:
         raise InvalidEmail(
             f"unknown keyword(s) {sorted(unknown)}; enqueue_email accepts {sorted(KEYWORDS)}"
         )
-    if kwargs.get("template") is not None or kwargs.get("context") is not None:
-        raise InvalidEmail("template: templates are not available in this version; pass text/html")
+    if kwargs.get("template") is not None:
+        if kwargs.get("text") is not None or kwargs.get("html") is not None:
+            raise InvalidEmail("template: give a template or text/html, not both")
+        rendered = render(kwargs["template"], kwargs.get("context"))
+        kwargs = {**kwargs, **rendered, "subject": kwargs.get("subject") or rendered["subject"]}
+    elif kwargs.get("context") is not None:
+        raise InvalidEmail("context: given without a template")
     if "subject" not in kwargs:
         raise InvalidEmail("subject: required")
     text = _body("text", kwargs.get("text"))
@@ -191,6 +197,9 @@ def validate_job(kwargs: Mapping[str, Any], settings: Settings) -> EmailJob:
         not _no_breaks("idempotency_key", key) or len(key) > MAX_IDEMPOTENCY_KEY
     ):
         raise InvalidEmail(f"idempotency_key: must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+    batch_id = kwargs.get("batch_id")
+    if batch_id is not None and (not _no_breaks("batch_id", batch_id) or len(batch_id) > 64):
+        raise InvalidEmail("batch_id: must be 1-64 characters")
     return EmailJob(
         to=_addresses("to", kwargs.get("to"), required=True, settings=settings),
         subject=_no_breaks("subject", kwargs["subject"]),
@@ -203,4 +212,5 @@ def validate_job(kwargs: Mapping[str, Any], settings: Settings) -> EmailJob:
         attachments=_attachments(kwargs.get("attachments"), limit=settings.max_attachment_bytes),
         priority=priority,
         idempotency_key=key,
+        batch_id=batch_id,
     )

@@ -53,6 +53,7 @@ class EmailJob:
     attachments: tuple[Attachment, ...] = ()
     priority: str = "normal"
     idempotency_key: str | None = None
+    batch_id: str | None = None
 
     @property
     def recipients(self) -> list[str]:
@@ -64,7 +65,7 @@ class EmailJob:
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"to": list(self.to), "subject": self.subject}
-        for name in ("text", "html", "idempotency_key"):
+        for name in ("text", "html", "idempotency_key", "batch_id"):
             if getattr(self, name) is not None:
                 data[name] = getattr(self, name)
         for name in ("cc", "bcc", "reply_to"):
@@ -93,6 +94,7 @@ class EmailJob:
                 attachments=tuple(Attachment.from_dict(a) for a in data.get("attachments", ())),
                 priority=data.get("priority", "normal"),
                 idempotency_key=data.get("idempotency_key"),
+                batch_id=data.get("batch_id"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, InvalidEmail):
@@ -104,6 +106,7 @@ class EmailJob:
         return {
             "to": self.to, "cc": self.cc, "bcc": self.bcc, "subject": self.subject,
             "priority": self.priority, "idempotency_key": self.idempotency_key,
+            "batch_id": self.batch_id,
         }  # fmt: skip
 
     def summary(self) -> dict[str, Any]:

@@ -165,9 +165,45 @@ def test_idempotency_key_must_be_1_to_200_characters(settings, idempotency_key):
     refused(settings, "idempotency_key", idempotency_key=idempotency_key)
 
 
-@pytest.mark.parametrize("changes", [{"template": "welcome"}, {"context": {"name": "Ann"}}])
-def test_templates_are_refused_as_not_available(settings, changes):
-    refused(settings, "template", **changes)
+WELCOME = {
+    "username": "Ann",
+    "product": "Acme",
+    "verify_url": "https://x.example/v",
+    "valid_hours": 24,
+}
+
+
+def test_a_template_together_with_a_body_is_refused(settings):
+    refused(settings, "template", template="welcome", context=WELCOME)
+
+
+def test_a_context_without_a_template_is_refused(settings):
+    refused(settings, "context", context={"name": "Ann"})
+
+
+def test_a_template_missing_a_variable_is_refused_naming_it(settings):
+    context = {k: v for k, v in WELCOME.items() if k != "verify_url"}
+    message = refused(
+        settings, "context", template="welcome", context=context, text=None, subject=...
+    )
+    assert "verify_url" in message
+
+
+def test_an_unknown_template_is_refused(settings):
+    refused(settings, "template", template="no_such_template", text=None, subject=...)
+
+
+def test_a_template_renders_subject_text_and_inlined_autoescaped_html(settings):
+    context = {**WELCOME, "username": "<script>x</script>"}
+    job = validate_job(
+        job_kwargs(template="welcome", context=context, text=None, subject=...), settings
+    )
+
+    assert job.subject == "Welcome to Acme, <script>x</script>: please confirm your email"
+    assert "https://x.example/v" in job.text
+    assert "&lt;script&gt;" in job.html and "<script>" not in job.html
+    assert "<style>" not in job.html and 'style="' in job.html  # CSS inlined for mail clients
+    assert validate_job(job.to_dict(), settings) == job  # rendered once, at enqueue
 
 
 # Attachments
