@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-deps test demo worker flower lint
+.PHONY: install system-deps test demo worker flower beat lint
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ worker: install
 
 flower: install
 	$(BIN)/celery -A worker flower
+
+beat: install
+	@mkdir -p var
+	$(BIN)/celery -A worker beat --loglevel=INFO
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

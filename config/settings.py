@@ -5,11 +5,11 @@ from email.headerregistry import Address
 from email.utils import parseaddr
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from kombu.utils.url import maybe_sanitize_url
 from pydantic import FilePath, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from config.providers import preset
 from worker.errors import ConfigurationError
@@ -20,7 +20,7 @@ Security = Literal["starttls", "ssl", "none"]
 # so an unknown relay is never spoken to in clear text by accident.
 PORT_SECURITY: dict[int, Security] = {465: "ssl", 1025: "none"}
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
-SECRET_FIELDS = {"email_password", "flower_basic_auth", "redis_url", "database_url"}
+SECRET_FIELDS = {"email_password", "flower_basic_auth", "redis_url", "database_url", "secret_key"}
 BROKER_SCHEMES = {"redis", "rediss", "sentinel"}
 URL_FIELDS = {"redis_url", "database_url"}
 
@@ -45,7 +45,10 @@ class Settings(BaseSettings):
     smtp_security: Security | None = None  # None: chosen from the port (PORT_SECURITY)
     smtp_ca_file: FilePath | None = None  # added to the system CAs, never replaces verification
     smtp_timeout_s: float = 30.0  # per SMTP command; providers can take seconds to answer DATA
-    smtp_helo_name: str | None = None  # None: this host's name, without a DNS lookup
+    smtp_helo_name: str | None = None
+    # Recipients per window for the SMTP account, across all workers: "10/second;500/day".
+    # Unset: the provider preset's daily cap (Gmail 500/day), or no limit.
+    smtp_rate_limit: str | None = None  # None: this host's name, without a DNS lookup
 
     email_address: str | None = None  # the article's name: login and default From
     email_password: SecretStr | None = None
@@ -68,6 +71,20 @@ class Settings(BaseSettings):
     templates_dir: Path | None = None  # NAME.subject/.txt/.html; searched before the packaged ones
     max_attachment_bytes: int = 20 * 1024 * 1024  # 20 MiB: what most providers accept
     email_check_deliverability: bool = False  # DNS lookups on every address when True
+
+    secret_key: SecretStr | None = None  # signs verification links; long and random
+
+    # System monitoring (celery beat): alert when a reading crosses its threshold.
+    alert_to: Annotated[list[str], NoDecode] = []  # comma-separated addresses
+    alert_cpu_percent: float = 90.0
+    alert_memory_percent: float = 90.0
+    alert_disk_percent: float = 90.0
+    alert_disk_path: str = "/"
+    alert_check_interval_s: float = 60.0
+    alert_cooldown_s: int = 30 * 60  # one alert per check and host per half hour, fleet-wide
+    # Scheduled delivery report (celery beat), daily at REPORT_HOUR UTC.
+    report_to: Annotated[list[str], NoDecode] = []
+    report_hour: int = 7
 
     flower_basic_auth: SecretStr | None = None  # "user:password[,user2:password2]"
     flower_auth: str | None = None  # Flower's own OAuth allow-list (FLOWER_AUTH), instead
@@ -96,6 +113,25 @@ class Settings(BaseSettings):
         if scheme not in BROKER_SCHEMES:
             raise ValueError(f"expected a URL starting with one of {sorted(BROKER_SCHEMES)}://")
         return url
+
+    @field_validator("alert_to", "report_to", mode="before")
+    @classmethod
+    def _address_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("smtp_rate_limit")
+    @classmethod
+    def _rate_limit(cls, spec: str | None) -> str | None:
+        if spec:
+            from limits import parse_many
+
+            try:
+                parse_many(spec)
+            except ValueError:
+                raise ValueError(f"{spec!r} is not a rate like '10/second;500/day'") from None
+        return spec
 
     @field_validator("smtp_port")
     @classmethod
@@ -154,6 +190,14 @@ class Settings(BaseSettings):
     def security(self) -> Security:
         """The SMTP security mode, explicit or from the port."""
         return self.smtp_security or PORT_SECURITY.get(self.smtp_port, "starttls")
+
+    @property
+    def rate_limit(self) -> str | None:
+        """SMTP_RATE_LIMIT, else the provider's daily cap."""
+        if self.smtp_rate_limit:
+            return self.smtp_rate_limit
+        limit = preset(self.smtp_provider).daily_limit if self.smtp_provider else None
+        return f"{limit}/day" if limit else None
 
     @property
     def login(self) -> str | None:

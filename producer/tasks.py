@@ -1,6 +1,7 @@
 """``enqueue_email``: the public task. Validates before publishing; delivers in the worker."""
 
 import logging
+import math
 import random
 from typing import Any
 
@@ -8,6 +9,7 @@ from celery.exceptions import Retry
 from celery.signals import (
     task_failure,
     task_retry,
+    task_revoked,
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
@@ -18,7 +20,7 @@ from producer.publishing import EmailTask
 from worker import deadletter, delayed
 from worker.celery import app
 from worker.delivery import close_shared_sender, deliver, shared
-from worker.errors import ConfigurationError, JobBusy, TransientError
+from worker.errors import ConfigurationError, JobBusy, RateLimited, TransientError
 from worker.job import EmailJob
 from worker.recorder import recorder
 from worker.store import redis_client
@@ -39,11 +41,16 @@ settings = get_settings()
 )
 def enqueue_email(self: EmailTask, **payload: Any) -> dict[str, Any]:
     job = EmailJob.from_dict(payload)
-    sender, ledger = shared()
+    sender, ledger, limiter = shared()
     try:
-        return deliver(job, job_id=self.request.id, sender=sender, ledger=ledger, settings=settings)
-    except JobBusy:
-        raise _again(self, payload, countdown=30) from None
+        return deliver(
+            job, job_id=self.request.id, sender=sender, ledger=ledger, settings=settings,
+            limiter=limiter,
+        )  # fmt: skip
+    except JobBusy as exc:
+        raise _again(self, payload, countdown=30, exc=exc) from None
+    except RateLimited as exc:  # not a failure: the job waits for room in the window
+        raise _again(self, payload, countdown=math.ceil(exc.wait_s), exc=exc) from None
     except ConfigurationError as exc:
         # Wrong credentials or certificates are not the job's fault: keep it, without
         # spending its retry budget, until the operator fixes the setting.
@@ -74,7 +81,7 @@ def _dead_letter(sender=None, task_id=None, exception=None, kwargs=None, einfo=N
     """Every failed job, in the task body or around it, ends in the dead-letter queue."""
     if getattr(sender, "name", None) != enqueue_email.name:
         return
-    _, ledger = shared()
+    ledger = shared()[1]
     state = ledger.state(task_id)
     entry = deadletter.make_entry(
         task_id, kwargs or {}, exception, state, traceback=getattr(einfo, "traceback", None)
@@ -89,6 +96,14 @@ def _dead_letter(sender=None, task_id=None, exception=None, kwargs=None, einfo=N
         "dead", task_id, kwargs or {}, attempts=len(state.attempts), last_error=entry["error"]
     )
     log.error("job %s dead-lettered (%s): %s", task_id, entry["reason"], entry["error"])
+
+
+@task_revoked.connect
+def _track_expired(sender=None, request=None, expired=False, **_):
+    """A job past its ``expires`` is dropped by Celery; the drop is recorded, not silent."""
+    if expired and getattr(sender, "name", None) == enqueue_email.name:
+        log.warning("job %s expired before it could be sent; dropped", request.id)
+        recorder().emit("dead", request.id, request.kwargs or {}, last_error="expired")
 
 
 @task_retry.connect

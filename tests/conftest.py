@@ -18,6 +18,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["EMAILQ_ENV_FILE"] = os.devnull
     tracking = Path(tempfile.mkdtemp(prefix="emailq-tracking-")) / "tracking.sqlite3"
     os.environ["DATABASE_URL"] = f"sqlite:///{tracking}"
+    os.environ["SECRET_KEY"] = "test-secret-key-for-verification-links"
     if shutil.which("redis-server"):
         _session_redis = RedisServer(Path(tempfile.mkdtemp(prefix="emailq-redis-"))).start()
         os.environ["REDIS_URL"] = _session_redis.url

@@ -6,7 +6,7 @@ from celery.signals import worker_init
 from config import get_settings
 from worker.errors import ConfigurationError
 
-app = Celery("emailq", include=["producer.tasks"])
+app = Celery("emailq", include=["producer.tasks", "worker.periodic"])
 app.config_from_object("worker.celeryconfig")
 
 
@@ -17,3 +17,10 @@ def _refuse_to_start_unable_to_send(**_: object) -> None:
         get_settings().sender  # noqa: B018 - raises when neither From variable is set
     except ConfigurationError as exc:
         raise SystemExit(f"worker not started: {exc}") from None
+
+
+@app.on_after_configure.connect
+def _schedule(sender: Celery, **_: object) -> None:
+    from worker.periodic import beat_schedule
+
+    sender.conf.beat_schedule = beat_schedule()

@@ -54,3 +54,11 @@ task_track_started = True
 worker_pool = "threads"
 worker_concurrency = 8
 worker_hijack_root_logger = True
+
+# Periodic jobs for `celery -A worker beat` (`make beat`): monitoring and the daily report.
+# Both are thin and fast; they run on the normal queue like any other job.
+task_routes = {
+    "emailq.check_system": {"queue": "normal"},
+    "emailq.send_report": {"queue": "normal"},
+}
+beat_schedule_filename = "var/celerybeat-schedule"

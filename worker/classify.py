@@ -14,7 +14,7 @@ from worker.errors import (
 )
 
 # RFC 3463: class.subject.detail at the start of the reply text, e.g. "5.1.1 User unknown".
-ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})(?!\d)")
+ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")  # not "4.2.2.1 listed"
 # 530 auth required, 534 mechanism too weak, 535 credentials invalid; 5.7.8 is 535's
 # enhanced code. Wrong credentials are the operator's to fix, not the job's fault.
 AUTH_CODES = frozenset({530, 534, 535})
@@ -55,8 +55,15 @@ def classify(exc: BaseException) -> DeliveryError | ConfigurationError | None:
         case smtplib.SMTPRecipientsRefused():
             refused = {r: (c, _text(t)) for r, (c, t) in exc.recipients.items()}
             kinds = {classify_reply(c, t, stage="rcpt") for c, t in refused.values()}
-            kind = TransientError if TransientError in kinds else PermanentError
             code, text = next(iter(refused.values()), (None, ""))
+            if AuthenticationFailed in kinds:
+                return AuthenticationFailed(
+                    f"SMTP login required or refused at RCPT ({code} {text}): check "
+                    "SMTP_USERNAME (or EMAIL_ADDRESS) and EMAIL_PASSWORD",
+                    smtp_code=code,
+                    smtp_text=text,
+                )
+            kind = TransientError if TransientError in kinds else PermanentError
             return kind(
                 f"every recipient refused: {refused}",
                 smtp_code=code,

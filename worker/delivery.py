@@ -10,10 +10,17 @@ from typing import Any
 
 from config import Settings, get_settings
 from worker.classify import classify, classify_reply
-from worker.errors import ConfigurationError, JobBusy, PermanentError, TransientError
+from worker.errors import (
+    ConfigurationError,
+    JobBusy,
+    PermanentError,
+    RateLimited,
+    TransientError,
+)
 from worker.job import EmailJob
 from worker.ledger import JobState, Ledger
 from worker.message import build_message
+from worker.ratelimit import RateLimiter, limiter_for
 from worker.recorder import recorder
 from worker.sender import SMTPSender
 from worker.store import redis_client
@@ -44,13 +51,19 @@ def _report(job_id: str, sender_domain: str, state: JobState, **extra: Any) -> d
 
 
 def deliver(
-    job: EmailJob, *, job_id: str, sender: SMTPSender, ledger: Ledger, settings: Settings
+    job: EmailJob,
+    *,
+    job_id: str,
+    sender: SMTPSender,
+    ledger: Ledger,
+    settings: Settings,
+    limiter: RateLimiter | None = None,
 ) -> dict[str, Any]:
     """Send ``job`` to every recipient that does not have it yet.
 
     Raises ``TransientError`` (some recipients should be retried), ``PermanentError``
     (some can never be reached; the rest are recorded), ``ConfigurationError``,
-    ``JobBusy`` (another worker holds the job) or ``WorkerLost``.
+    ``JobBusy`` (another worker holds the job), ``RateLimited`` or ``WorkerLost``.
     """
     from_ = settings.sender
     payload = job.tracking_info()
@@ -65,6 +78,10 @@ def deliver(
         if state.unrecorded_starts > MAX_LOST_STARTS:
             raise WorkerLost(f"job {job_id}: {state.unrecorded_starts - 1} workers died sending it")
         pending = [r for r in job.recipients if r not in state.delivered and r not in state.failed]
+        if limiter is not None and (wait := limiter.acquire(cost=len(pending))) is not None:
+            ledger.defer(job_id, token)
+            done = True
+            raise RateLimited(wait)
         track = recorder()
         track.emit("sending", job_id, payload, attempts=len(state.attempts))
         message = build_message(job, job_id=job_id, sender=from_)
@@ -151,16 +168,17 @@ def _attempt(error: Exception, pending: list[str], *, outcome: str) -> dict[str,
     }
 
 
-_shared: tuple[SMTPSender, Ledger] | None = None
+_shared: tuple[SMTPSender, Ledger, RateLimiter | None] | None = None
 _shared_lock = threading.Lock()
 
 
-def shared() -> tuple[SMTPSender, Ledger]:
-    """The process's sender and ledger; the sender's pool is shared by all worker threads."""
+def shared() -> tuple[SMTPSender, Ledger, RateLimiter | None]:
+    """The process's sender, ledger and limiter; the sender's pool serves every thread."""
     global _shared
     with _shared_lock:
         if _shared is None:
-            _shared = (SMTPSender(get_settings()), Ledger(redis_client()))
+            settings = get_settings()
+            _shared = (SMTPSender(settings), Ledger(redis_client()), limiter_for(settings))
         return _shared
 
 

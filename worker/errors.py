@@ -63,5 +63,13 @@ class JobBusy(EmailQError):
     """Another worker is delivering this job right now; look again later."""
 
 
+class RateLimited(EmailQError):
+    """The SMTP account's send limit is used up for now; deferred, not a failure."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"SMTP_RATE_LIMIT reached; deferred {wait_s:.1f}s")
+        self.wait_s = wait_s
+
+
 class TLSVerificationError(ConfigurationError, ConnectionError):
     """The SMTP server's certificate did not verify; set SMTP_CA_FILE or fix the server."""

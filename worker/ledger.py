@@ -112,6 +112,14 @@ class Ledger:
             self._release(keys=[key + ":lock"], args=[token], client=pipe)
         pipe.execute()
 
+    def defer(self, job_id: str, token: str) -> None:
+        """Give the job back untouched: release the lock and uncount this start."""
+        key = PREFIX + job_id
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(key, "starts", -1)
+        self._release(keys=[key + ":lock"], args=[token], client=pipe)
+        pipe.execute()
+
     def release(self, job_id: str, token: str) -> None:
         self._release(keys=[PREFIX + job_id + ":lock"], args=[token])
 

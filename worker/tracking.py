@@ -155,6 +155,16 @@ class TrackingStore:
             counts = dict(conn.execute(query).all())
         return {status: counts.get(status, 0) for status in STATUSES}
 
+    def batch(self, batch_id: str) -> dict[str, int]:
+        query = (
+            select(jobs.c.status, func.count())
+            .where(jobs.c.batch_id == batch_id)
+            .group_by(jobs.c.status)
+        )
+        with self.engine.connect() as conn:
+            counts = dict(conn.execute(query).all())
+        return {status: counts.get(status, 0) for status in STATUSES}
+
     def failed(self, *, limit: int) -> list[dict[str, Any]]:
         query = (
             select(jobs)

@@ -10,7 +10,7 @@ import click
 from worker.cli.check import check
 from worker.cli.dlq import dlq
 from worker.cli.sink import start_sink
-from worker.cli.tracking import failed, stats, status
+from worker.cli.tracking import batch, failed, stats, status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,5 +45,5 @@ def sink(host: str, port: int, outbox: Path) -> None:
         controller.stop()
 
 
-for command in (dlq, status, stats, failed, check):
+for command in (dlq, status, stats, failed, check, batch):
     main.add_command(command)

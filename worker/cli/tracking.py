@@ -101,3 +101,31 @@ def failed(limit: int, as_json: bool) -> None:
             str(j["attempts"]), j["last_error"] or "-",
         )  # fmt: skip
     console.print(table)
+
+
+@click.command()
+@click.argument("batch_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def batch(batch_id: str, as_json: bool) -> None:
+    """Progress of a bulk send: how many of its jobs are in each status."""
+    from producer.bulk import batch_info
+
+    info = batch_info(batch_id)
+    counts = default_store().batch(batch_id)
+    if info is None and not any(counts.values()):
+        click.echo(f"unknown batch {batch_id}", err=True)
+        sys.exit(1)
+    total = (info or {}).get("total", sum(counts.values()))
+    skipped = (info or {}).get("skipped", 0)
+    done = counts["sent"] + counts["dead"]
+    if as_json:
+        body = {"batch_id": batch_id, "total": total, "skipped_invalid": skipped,
+                "done": done, "by_status": counts}  # fmt: skip
+        click.echo(json.dumps(body, indent=2))
+        return
+    table = Table(title=f"Batch {batch_id}: {done} of {total} done, {skipped} skipped as invalid")
+    table.add_column("status")
+    table.add_column("jobs", justify="right")
+    for s, n in counts.items():
+        table.add_row(s, str(n))
+    console.print(table)

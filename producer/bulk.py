@@ -1,0 +1,102 @@
+"""``enqueue_bulk``: one template, many personalised recipients, one batch id."""
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from celery.utils import uuid
+
+from config import get_settings
+from producer.validation import validate_job
+from worker.errors import InvalidEmail
+from worker.job import EmailJob
+from worker.store import redis_client
+
+BATCH_PREFIX = "emailq:batch:"
+BATCH_TTL_S = 30 * 24 * 3600
+PUBLISH_CHUNK = 500  # messages per Redis pipeline: one round trip each
+
+
+class InvalidBatch(InvalidEmail):
+    """Some recipients of a bulk send were refused; nothing was published."""
+
+    def __init__(self, invalid: dict[int, str]) -> None:
+        self.invalid = invalid
+        shown = "; ".join(f"recipients[{i}] {why}" for i, why in list(invalid.items())[:5])
+        more = f" (and {len(invalid) - 5} more)" if len(invalid) > 5 else ""
+        super().__init__(f"{len(invalid)} invalid recipient(s): {shown}{more}")
+
+
+class BatchId(str):
+    """The batch id, carrying the job ids published and the recipients skipped as invalid."""
+
+    job_ids: list[str]
+    skipped: dict[int, str]
+
+
+def _validate(
+    template: str, recipients: Iterable[Any], common: dict[str, Any], batch_id: str
+) -> tuple[list[EmailJob], dict[int, str]]:
+    settings = get_settings()
+    jobs: list[EmailJob] = []
+    invalid: dict[int, str] = {}
+    for i, recipient in enumerate(recipients):
+        try:
+            if not isinstance(recipient, Mapping) or "to" not in recipient:
+                raise InvalidEmail("needs a mapping with 'to' (and optionally 'context')")
+            if unknown := set(recipient) - {"to", "context"}:
+                raise InvalidEmail(f"unknown key(s) {sorted(unknown)}")
+            kwargs = {**common, "to": recipient["to"], "template": template,
+                      "context": recipient.get("context") or {}, "batch_id": batch_id}  # fmt: skip
+            jobs.append(validate_job(kwargs, settings))
+        except InvalidEmail as exc:
+            to = recipient.get("to") if isinstance(recipient, Mapping) else recipient
+            invalid[i] = f"{to!r}: {exc}"
+    return jobs, invalid
+
+
+def enqueue_bulk(
+    template: str,
+    recipients: Iterable[Mapping[str, Any]],
+    priority: str = "normal",
+    *,
+    skip_invalid: bool = False,
+    **common: Any,
+) -> BatchId:
+    """Validate every recipient, then publish them all; returns the batch id.
+
+    With ``skip_invalid=False`` (the default) one invalid recipient refuses the whole
+    batch with ``InvalidBatch``, which lists them all, and nothing is published. With
+    ``skip_invalid=True`` the valid ones are sent and ``BatchId.skipped`` names the rest.
+    ``common`` holds keywords shared by every message (``subject``, ``attachments``...).
+    """
+    from producer.tasks import enqueue_email
+
+    batch_id = uuid()
+    jobs, invalid = _validate(template, recipients, {**common, "priority": priority}, batch_id)
+    if invalid and not skip_invalid:
+        raise InvalidBatch(invalid)
+    client = redis_client()
+    client.hset(
+        BATCH_PREFIX + batch_id,
+        mapping={"total": len(jobs), "skipped": len(invalid), "created_at": time.time()},
+    )
+    client.expire(BATCH_PREFIX + batch_id, BATCH_TTL_S)
+    job_ids: list[str] = []
+    # kombu's publish batch pipelines the LPUSHes: one round trip per chunk, not per job.
+    with enqueue_email.app.producer_or_acquire() as producer:
+        for start in range(0, len(jobs), PUBLISH_CHUNK):
+            with producer.batch(max_size=PUBLISH_CHUNK):
+                for job in jobs[start : start + PUBLISH_CHUNK]:
+                    job_ids.append(enqueue_email.publish(job, producer=producer).id)
+    result = BatchId(batch_id)
+    result.job_ids = job_ids
+    result.skipped = invalid
+    return result
+
+
+def batch_info(batch_id: str) -> dict[str, Any] | None:
+    raw = redis_client().hgetall(BATCH_PREFIX + batch_id)
+    if not raw:
+        return None
+    return {k.decode(): float(v) if k == b"created_at" else int(v) for k, v in raw.items()}
