@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-deps test demo worker flower beat lint
+.PHONY: install system-deps test demo worker flower beat bench lint
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,9 @@ flower: install
 beat: install
 	@mkdir -p var
 	$(BIN)/celery -A worker beat --loglevel=INFO
+
+bench: install
+	$(BIN)/python -m benchmarks.run
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

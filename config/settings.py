@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     smtp_ca_file: FilePath | None = None  # added to the system CAs, never replaces verification
     smtp_timeout_s: float = 30.0  # per SMTP command; providers can take seconds to answer DATA
     smtp_helo_name: str | None = None
+    smtp_max_connections: int = 32  # per worker process; providers cap concurrent sessions
     # Recipients per window for the SMTP account, across all workers: "10/second;500/day".
     # Unset: the provider preset's daily cap (Gmail 500/day), or no limit.
     smtp_rate_limit: str | None = None  # None: this host's name, without a DNS lookup
@@ -147,6 +148,13 @@ class Settings(BaseSettings):
     def _positive(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be greater than 0")
+        return value
+
+    @field_validator("smtp_max_connections")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be 1 or more")
         return value
 
     @field_validator("max_retries", "max_attachment_bytes")

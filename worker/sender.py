@@ -6,6 +6,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -41,10 +42,11 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
 
 
 class _Connection:
-    def __init__(self, smtp: smtplib.SMTP) -> None:
+    def __init__(self, smtp: smtplib.SMTP, on_close: Callable[[], object]) -> None:
         self.smtp = smtp
         self.sent = 0
         self.last_used = time.monotonic()
+        self._on_close = on_close
 
     @property
     def fresh(self) -> bool:
@@ -57,10 +59,17 @@ class _Connection:
         )
 
     def close(self) -> None:
+        """QUIT politely."""
         try:
             self.smtp.quit()
         except (smtplib.SMTPException, OSError):
             self.smtp.close()
+        self._on_close()
+
+    def discard(self) -> None:
+        """Drop a connection in an unknown state, without a word to the server."""
+        self.smtp.close()
+        self._on_close()
 
 
 class SMTPSender:
@@ -75,6 +84,8 @@ class SMTPSender:
         self._context = tls_context(settings) if settings.security != "none" else None
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
+        # Providers cap concurrent sessions per account; threads beyond the cap wait here.
+        self._slots = threading.BoundedSemaphore(settings.smtp_max_connections)
         self.opened = 0  # connections opened over the sender's life
 
     def connect(self) -> smtplib.SMTP:
@@ -114,13 +125,20 @@ class SMTPSender:
         return smtp
 
     def _checkout(self) -> _Connection:
-        with self._lock:
-            while self._idle:
-                conn = self._idle.pop()
-                if conn.usable():
-                    return conn
-                conn.close()
-        return _Connection(self.connect())
+        while True:
+            with self._lock:
+                while self._idle:
+                    conn = self._idle.pop()
+                    if conn.usable():
+                        return conn
+                    conn.close()
+            if self._slots.acquire(timeout=0.05):
+                break
+        try:
+            return _Connection(self.connect(), self._slots.release)
+        except BaseException:
+            self._slots.release()
+            raise
 
     def _checkin(self, conn: _Connection) -> None:
         conn.last_used = time.monotonic()
@@ -138,10 +156,10 @@ class SMTPSender:
             try:
                 result = self._transaction(conn, data, sender, recipients)
             except _StaleConnection:
-                conn.smtp.close()
+                conn.discard()
                 continue  # nothing was sent: the server hung up before MAIL FROM
             except BaseException:
-                conn.smtp.close()
+                conn.discard()
                 raise
             conn.sent += 1
             self._checkin(conn)

@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -389,3 +390,17 @@ def test_binary_attachment_arrives_byte_exact(smtp_server, ca_file, make_sender)
     assert attachment.get_filename() == "blob.bin"
     assert attachment.get_content_type() == "application/octet-stream"
     assert attachment.get_content() == content
+
+
+def test_smtp_max_connections_caps_sessions_while_threads_wait_their_turn(
+    smtp_server, ca_file, make_sender
+):
+    settings = make_settings(smtp_server, ca_file=ca_file, smtp_max_connections=2)
+    sender = make_sender(settings)
+    smtp_server.handler.data_delay_s = 0.02  # keep sessions busy so threads contend
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: send(sender, settings), range(40)))
+
+    assert len(smtp_server.handler.wait_for(40)) == 40
+    assert sender.opened <= 2 and smtp_server.handler.logins <= 2

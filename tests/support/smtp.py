@@ -1,6 +1,7 @@
 """An in-process aiosmtpd server that records what it receives and can inject faults."""
 
 import asyncio
+import logging
 import ssl
 import threading
 import time
@@ -12,6 +13,9 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from tests.support import free_port
+
+# aiosmtpd warns on every login that an attribute it sets itself is deprecated.
+logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 USER = "sender@example.com"
 PASSWORD = "s3cret-Pa55word"

@@ -1,0 +1,20 @@
+"""The benchmark harness runs end to end at tiny sizes. It asserts no timings."""
+
+import subprocess
+import sys
+
+from tests.support.worker import ROOT
+
+
+def test_make_bench_harness_runs_every_measurement_at_smoke_size(tmp_path):
+    out = tmp_path / "RESULTS.md"
+
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    text = out.read_text()
+    for figure in ("Drain rate", "end-to-end rate", "enqueue_bulk", "p99", "peak RSS"):
+        assert figure in text
