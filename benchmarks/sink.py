@@ -5,6 +5,7 @@ DATA, plus per-recipient times for recipients with a watched prefix (for latency
 """
 
 import asyncio
+import logging
 import multiprocessing as mp
 import time
 
@@ -41,6 +42,8 @@ class Counter:
 
 
 def _serve(port, delay_ms, count, first, last, watched, prefix, ready) -> None:
+    # aiosmtpd logs every command and a warning per login; the sink must not pay for that.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
     DelayedSMTP.delay_s = delay_ms / 1000
     handler = Counter(count, first, last, watched, prefix)
 

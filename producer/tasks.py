@@ -2,7 +2,6 @@
 
 import logging
 import math
-import random
 from typing import Any
 
 from celery.exceptions import Retry
@@ -14,6 +13,7 @@ from celery.signals import (
     worker_ready,
     worker_shutdown,
 )
+from celery.utils.time import get_exponential_backoff_interval
 
 from config import get_settings
 from producer.publishing import EmailTask
@@ -60,10 +60,11 @@ def enqueue_email(self: EmailTask, **payload: Any) -> dict[str, Any]:
 
 
 def _backoff(attempt: int) -> int:
-    ceiling = min(
-        settings.retry_backoff_max_s, settings.retry_backoff_base_s * 2 ** max(0, attempt - 1)
-    )
-    return random.randint(0, ceiling) if settings.retry_jitter else ceiling
+    """The same schedule autoretry uses for transient errors."""
+    return get_exponential_backoff_interval(
+        factor=settings.retry_backoff_base_s, retries=max(0, attempt - 1),
+        maximum=settings.retry_backoff_max_s, full_jitter=settings.retry_jitter,
+    )  # fmt: skip
 
 
 def _again(
