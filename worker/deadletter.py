@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from email.utils import getaddresses
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,8 +68,6 @@ def make_entry(
 
 
 def _recipients(job: dict[str, Any]) -> list[str]:
-    from email.utils import getaddresses
-
     values = [v for k in ("to", "cc", "bcc") for v in job.get(k) or ()]
     return [addr for _, addr in getaddresses(values) if addr]
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from producer import enqueue_email
-from tests.integration.test_failures import FAST_RETRIES, _dead
+from tests.support.faults import FAST_RETRIES, dead_letters
 from worker import deadletter
 from worker.celery import app
 
@@ -27,7 +27,7 @@ def test_list_and_show_describe_a_dead_job(smtp_server, start_worker, session_re
     result = enqueue_email.delay(
         to=["ann@example.com", "gone@example.com"], subject="Invoice 42", text="x", priority="high"
     )
-    _dead(session_redis.client())
+    dead_letters(session_redis.client())
 
     listed = emailq(session_redis.url, "dlq", "list")
     as_json = json.loads(emailq(session_redis.url, "dlq", "list", "--json").stdout)
@@ -56,7 +56,7 @@ def test_replay_sends_only_to_the_failed_recipient_with_the_same_id_and_priority
     result = enqueue_email.delay(
         to=["ann@example.com", "gone@example.com"], subject="Alert", text="x", priority="high"
     )
-    _dead(redis)
+    dead_letters(redis)
     worker.stop()
 
     # When the address is fixed on the server and the job is replayed
@@ -88,7 +88,7 @@ def test_replay_all_gives_a_fresh_retry_budget(smtp_server, start_worker, sessio
     for name in ("ann", "bob"):
         smtp_server.handler.rcpt_replies[f"{name}@example.com"] = "451 4.3.0 Down"
         enqueue_email.delay(to=f"{name}@example.com", subject="x", text="y")
-    entries = _dead(redis, count=2, timeout=60)
+    entries = dead_letters(redis, count=2, timeout=60)
     assert {e["reason"] for e in entries} == {"exhausted"}
     worker.stop()
 

@@ -9,32 +9,16 @@ import time
 import pytest
 
 from producer import enqueue_email
+from tests.support.faults import FAST_RETRIES, dead_letters
 from tests.support.smtp import DROP
 from worker import deadletter, delayed
 from worker.celery import app
 from worker.errors import PermanentError
 
-FAST_RETRIES = {
-    "RETRY_BACKOFF_BASE_S": "1",
-    "RETRY_BACKOFF_MAX_S": "8",
-    "RETRY_JITTER": "false",
-    "MAX_RETRIES": "4",
-}
-
 
 @pytest.fixture
 def worker(smtp_server, start_worker):
     return start_worker(smtp_server, concurrency=4, **FAST_RETRIES)
-
-
-def _dead(redis, timeout: float = 30.0, count: int = 1) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entries = [s.entry for s in deadletter.read(redis)]
-        if len(entries) >= count:
-            return entries
-        time.sleep(0.1)
-    raise TimeoutError(f"{len(entries)} of {count} dead letters after {timeout}s")
 
 
 def _send(to, **extra):
@@ -85,7 +69,7 @@ def test_permanent_replies_at_rcpt_and_data_dead_letter_without_retrying(
         jobs[rcpt] = _send(rcpt)
         jobs[data] = _send(data)
 
-    entries = {e["job"]["to"][0]: e for e in _dead(session_redis.client(), count=len(jobs))}
+    entries = {e["job"]["to"][0]: e for e in dead_letters(session_redis.client(), count=len(jobs))}
 
     assert handler.messages == []
     for address, result in jobs.items():
@@ -110,7 +94,7 @@ def test_one_refused_recipient_of_three_is_dead_lettered_and_the_others_get_it_o
 
     result = _send(["ann@example.com", "gone@example.com"], cc="bob@example.com")
 
-    [entry] = _dead(session_redis.client())
+    [entry] = dead_letters(session_redis.client())
     [received] = smtp_server.handler.wait_for(1)
     assert sorted(received.rcpt_tos) == ["ann@example.com", "bob@example.com"]
     assert entry["reason"] == "permanent"
@@ -177,7 +161,7 @@ def test_retries_run_out_into_the_dead_letter_queue_as_exhausted(
 
     _send("ann@example.com")
 
-    [entry] = _dead(session_redis.client(), timeout=60)
+    [entry] = dead_letters(session_redis.client(), timeout=60)
     assert entry["reason"] == "exhausted"
     assert len(entry["attempts"]) == 3  # the first try and two retries
     assert [a["smtp_code"] for a in entry["attempts"]] == [451, 451, 451]
@@ -207,7 +191,7 @@ def test_a_malformed_payload_that_bypassed_the_producer_is_dead_lettered_as_inva
     # send_task skips enqueue_email's validation, as a foreign producer would
     app.send_task("emailq.send", kwargs={"subject": "no recipients"}, queue="normal")
 
-    [entry] = _dead(session_redis.client())
+    [entry] = dead_letters(session_redis.client())
     assert entry["reason"] == "invalid"
     assert entry["job"] == {"subject": "no recipients"}
     assert "malformed job payload" in entry["error"]
@@ -224,7 +208,7 @@ def test_an_unexpected_exception_is_dead_lettered_as_crashed_with_its_traceback(
         queue="normal",
     )
 
-    [entry] = _dead(session_redis.client())
+    [entry] = dead_letters(session_redis.client())
     assert entry["reason"] == "crashed"
     assert "Traceback" in entry["traceback"]
     assert smtp_server.messages == []
@@ -292,6 +276,6 @@ def test_a_job_whose_workers_keep_dying_is_dead_lettered_as_crashed(
     )
 
     # Then it is dead-lettered instead of taking down another worker
-    [entry] = _dead(session_redis.client())
+    [entry] = dead_letters(session_redis.client())
     assert entry["reason"] == "crashed" and "died" in entry["error"]
     assert smtp_server.messages == []

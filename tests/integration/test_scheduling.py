@@ -14,7 +14,7 @@ import pytest
 
 from producer import InvalidBatch, enqueue_bulk, enqueue_email
 from producer.notifications import InvalidToken, send_alert, send_verification, verify_token
-from tests.integration.test_failures import FAST_RETRIES
+from tests.support.faults import FAST_RETRIES
 from worker import deadletter
 from worker.ledger import Ledger
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from producer import enqueue_email
-from tests.integration.test_failures import FAST_RETRIES, _dead
+from tests.support.faults import FAST_RETRIES, dead_letters
 from worker.recorder import recorder
 from worker.tracking import engine_for, ensure_schema
 
@@ -69,7 +69,7 @@ def test_status_stats_and_failed_tell_the_truth_about_a_real_run(
     dead = enqueue_email.delay(to="gone@example.com", subject="Dead", text="x")
     sent.get(timeout=30)
     retried.get(timeout=60)
-    _dead(session_redis.client())
+    dead_letters(session_redis.client())
     url = session_redis.url
 
     # Then status reports each job as it ended, with its attempts

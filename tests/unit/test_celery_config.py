@@ -54,3 +54,15 @@ def test_transient_errors_retry_with_capped_exponential_backoff_and_full_jitter(
     assert enqueue_email.retry_backoff_max == 4000
     assert enqueue_email.retry_jitter is True
     assert enqueue_email.max_retries == 10
+
+
+def test_beat_runs_the_monitoring_check_and_the_daily_report():
+    from celery.schedules import crontab
+
+    app.loader.import_default_modules()
+    schedule = app.conf.beat_schedule
+    assert schedule["check-system"]["task"] == "emailq.check_system"
+    assert schedule["check-system"]["schedule"] == 60.0
+    assert schedule["daily-report"]["task"] == "emailq.send_report"
+    assert schedule["daily-report"]["schedule"] == crontab(minute=0, hour=7)
+    assert {"emailq.check_system", "emailq.send_report"} <= set(app.tasks)
