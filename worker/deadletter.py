@@ -10,8 +10,8 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from email.utils import getaddresses
 from dataclasses import dataclass
+from email.utils import getaddresses
 from typing import Any
 
 import redis
