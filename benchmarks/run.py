@@ -126,18 +126,24 @@ class Bench:
             send.delay(f"bulk{i}@example.com", f"Notification {i}", "Hello")
 
     # -- measurements ------------------------------------------------------------------
+    def two_workers(self) -> list[subprocess.Popen]:
+        """Two processes of 16 threads: both cores, still 32 SMTP connections in all."""
+        return [self.our_worker(concurrency=16), self.our_worker(concurrency=16)]
+
     def drain(self, sink, fill, worker, n: int) -> float:
         rates = []
         for _ in range(self.repeats):
             self.redis.flushall()
             fill(n)
             sink.reset()
-            process = worker()
+            started = worker()
+            processes = started if isinstance(started, list) else [started]
             try:
                 sink.wait_for(n, timeout=max(120, n / 5))
                 rates.append(sink.drain_rate())
             finally:
-                self.stop(process)
+                for process in processes:
+                    self.stop(process)
         return statistics.median(rates)
 
     def end_to_end(self, sink, n: int) -> float:
@@ -211,6 +217,7 @@ class Bench:
             )
             r["drain0_ours"] = self.drain(sink, self.fill_single, self.our_worker, s["drain0"])
             r["drain0_ours_bulk"] = self.drain(sink, self.fill_bulk, self.our_worker, s["drain0"])
+            r["drain0_ours_2p"] = self.drain(sink, self.fill_single, self.two_workers, s["drain0"])
             r["drain0_baseline"] = self.drain(
                 sink, self.fill_baseline, self.baseline_worker, s["drain0_baseline"]
             )
@@ -224,6 +231,9 @@ class Bench:
         sink = Sink(self.sink_port, 20)
         try:
             r["drain20_ours"] = self.drain(sink, self.fill_single, self.our_worker, s["drain20"])
+            r["drain20_ours_2p"] = self.drain(
+                sink, self.fill_single, self.two_workers, s["drain20"]
+            )
             r["drain20_baseline"] = self.drain(
                 sink, self.fill_baseline, self.baseline_worker, s["drain20_baseline"]
             )
@@ -285,6 +295,8 @@ def report(results: dict, sizes: dict, repeats: int, smoke: bool) -> str:
         f"| emailq worker, threads -c 32, ≤32 SMTP connections | {r['drain0_ours']:.0f} | "
         f"{r['drain20_ours']:.0f} |",
         f"| emailq worker, jobs from `enqueue_bulk` | {r['drain0_ours_bulk']:.0f} | - |",
+        f"| emailq, 2 worker processes × 16 threads, ≤32 connections in all | "
+        f"{r['drain0_ours_2p']:.0f} | {r['drain20_ours_2p']:.0f} |",
         f"| plain Celery, connect + login per email, prefork -c 2 | {r['drain0_baseline']:.0f} | "
         f"{r['drain20_baseline']:.0f} |",
         f"| **ratio, emailq / plain Celery** | **{ratio(r['drain0_ours'], r['drain0_baseline'])}** "
@@ -341,10 +353,13 @@ LIMITS = """## What limits it, and what was tried
 
 
 def _targets(r: dict) -> list[str]:
+    # The better of one process x 32 threads and two x 16: both keep 32 SMTP connections.
+    best20 = max(r["drain20_ours"], r["drain20_ours_2p"])
+    best0 = max(r["drain0_ours"], r["drain0_ours_2p"])
     rows = [
-        ("20 ms: ≥30× plain Celery", r["drain20_ours"] / r["drain20_baseline"], 30, "×"),
-        ("20 ms: ≥3× django-post_office (quoted)", r["drain20_ours"] / 114, 3, "×"),
-        ("0 ms single jobs: ≥1.0× django-post_office (quoted)", r["drain0_ours"] / 568, 1, "×"),
+        ("20 ms: ≥30× plain Celery", best20 / r["drain20_baseline"], 30, "×"),
+        ("20 ms: ≥3× django-post_office (quoted)", best20 / 114, 3, "×"),
+        ("0 ms single jobs: ≥1.0× django-post_office (quoted)", best0 / 568, 1, "×"),
         ("0 ms bulk jobs: ≥1.5× django-post_office (quoted)", r["drain0_ours_bulk"] / 568, 1.5,
          "×"),
         ("`enqueue_bulk` ≥5,000 recipients/s", r["enqueue_bulk_per_s"], 5000, "/s"),
