@@ -336,19 +336,20 @@ POST_OFFICE_QUOTED = {"drain0": 568, "drain20": 114}
 
 LIMITS = """## What limits it, and what was tried
 
-- **0 ms per reply: the worker is one process holding the GIL.** Each job costs Celery's
-  own bookkeeping (fetch, three task events, result, ack), two ledger round trips, a
-  tracking event and building the message, all in one interpreter; the plain baseline runs
-  two processes on the two cores and does none of the bookkeeping. Done so far: no
-  STARTED result write per job. Next: several messages per task (bulk jobs sent over one
-  connection), two worker processes sharing the 32-connection budget, and cheaper message
-  building checked byte for byte against `EmailMessage`.
+- **0 ms per reply: CPU in the worker.** Each job costs Celery's own bookkeeping (fetch,
+  three task events, result, ack), two ledger round trips, a tracking event and building
+  the message; the plain baseline does none of the bookkeeping. Done so far: no STARTED
+  result write per job, and two worker processes of 16 threads (both cores, the same 32
+  connections) measured beside one of 32. Next: several messages per task (bulk jobs sent
+  over one connection) and cheaper message building checked byte for byte against
+  `EmailMessage`.
 - **20 ms per reply: four round trips per message** (MAIL, RCPT, DATA, end of data) over
   at most 32 connections caps a sender near 400 msg/s before any CPU cost. Next: ESMTP
   PIPELINING (RFC 2920) to send MAIL, RCPT and DATA in one round trip.
 - **Enqueue:** `delay()` validates every address with email-validator and writes a
   tracking event; `enqueue_bulk` renders Jinja2 and inlines CSS per recipient. Next: cache
   the parsed CSS per template and render the inliner once per batch.
+- **django-post_office in the same run:** not installed as a benchmark extra yet.
 """
 
 

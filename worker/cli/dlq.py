@@ -2,7 +2,6 @@
 
 import json
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -10,18 +9,13 @@ from rich.console import Console
 from rich.table import Table
 
 from worker import deadletter
+from worker.cli.tracking import format_time
 from worker.errors import InvalidEmail
 from worker.ledger import Ledger
 from worker.recorder import recorder
 from worker.store import redis_client
 
 console = Console()
-
-
-def _when(epoch: float | None) -> str:
-    if not epoch:
-        return "-"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _reply(entry: dict[str, Any]) -> str:
@@ -49,7 +43,7 @@ def list_(as_json: bool, limit: int | None) -> None:
     for e in entries:
         job = e["job"]
         table.add_row(
-            e["job_id"], _when(e["dead_at"]), e["reason"], ", ".join(job.get("to", [])),
+            e["job_id"], format_time(e["dead_at"]), e["reason"], ", ".join(job.get("to", [])),
             str(job.get("subject", "")), _reply(e), str(len(e["attempts"])),
         )  # fmt: skip
     console.print(table)
@@ -70,7 +64,7 @@ def show(job_id: str, as_json: bool) -> None:
     job = entry["job"]
     summary = Table(show_header=False, title=f"Job {job_id}")
     for key, value in (
-        ("reason", entry["reason"]), ("dead at (UTC)", _when(entry["dead_at"])),
+        ("reason", entry["reason"]), ("dead at (UTC)", format_time(entry["dead_at"])),
         ("priority", job.get("priority", "normal")), ("to", ", ".join(job.get("to", []))),
         ("subject", job.get("subject", "")), ("last reply", _reply(entry)),
         ("error", entry.get("error") or "-"),
@@ -90,7 +84,11 @@ def show(job_id: str, as_json: bool) -> None:
     for i, a in enumerate(entry["attempts"], 1):
         reply = f"{a.get('smtp_code') or ''} {a.get('smtp_text') or a.get('error') or ''}"
         attempts.add_row(
-            str(i), _when(a["at"]), a["outcome"], reply.strip(), ", ".join(a.get("recipients", []))
+            str(i),
+            format_time(a["at"]),
+            a["outcome"],
+            reply.strip(),
+            ", ".join(a.get("recipients", [])),
         )
     console.print(attempts)
     if entry.get("traceback"):

@@ -16,7 +16,7 @@ from worker.store import redis_client
 console = Console()
 
 
-def _when(epoch: float | None) -> str:
+def format_time(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S") if epoch else "-"
 
 
@@ -52,14 +52,14 @@ def status(job_id: str, as_json: bool) -> None:
     table.add_row("recipients", ", ".join(job.get("recipients", [])))
     table.add_row("delivered to", ", ".join(job["delivered_to"]) or "-")
     for key in ("created_at", "sent_at", "updated_at"):
-        table.add_row(key.replace("_at", "") + " (UTC)", _when(job.get(key)))
+        table.add_row(key.replace("_at", "") + " (UTC)", format_time(job.get(key)))
     console.print(table)
     history = Table(title="Attempts")
     for column in ("at (UTC)", "outcome", "reply", "recipients"):
         history.add_column(column, overflow="fold")
     for a in job["history"]:
         reply = f"{a.get('smtp_code') or ''} {a.get('smtp_text') or ''}".strip()
-        history.add_row(_when(a["at"]), a["outcome"], reply, ", ".join(a["recipients"]))
+        history.add_row(format_time(a["at"]), a["outcome"], reply, ", ".join(a["recipients"]))
     console.print(history)
 
 
@@ -97,7 +97,7 @@ def failed(limit: int, as_json: bool) -> None:
         table.add_column(column, overflow="fold")
     for j in jobs:
         table.add_row(
-            j["id"], _when(j["updated_at"]), ", ".join(j["recipients"]), j["subject"],
+            j["id"], format_time(j["updated_at"]), ", ".join(j["recipients"]), j["subject"],
             str(j["attempts"]), j["last_error"] or "-",
         )  # fmt: skip
     console.print(table)
