@@ -34,6 +34,7 @@ beat: install
 	$(BIN)/celery -A worker beat --loglevel=INFO
 
 bench: install
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.run
 
 lint: install
