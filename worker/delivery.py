@@ -66,7 +66,7 @@ def deliver(
     ``JobBusy`` (another worker holds the job), ``RateLimited`` or ``WorkerLost``.
     """
     from_ = settings.sender
-    payload = job.tracking_info()
+    info = job.tracking_info()
     token, state = ledger.begin(job_id, lock_ttl_s=lock_ttl_s(settings))
     if token is None:
         raise JobBusy(f"job {job_id} is being delivered by another worker")
@@ -83,7 +83,7 @@ def deliver(
             done = True
             raise RateLimited(wait)
         track = recorder()
-        track.emit("sending", job_id, payload, attempts=len(state.attempts))
+        track.emit("sending", job_id, info, attempts=len(state.attempts))
         message = build_message(job, job_id=job_id, sender=from_)
         try:
             result = sender.send(message, sender=from_.addr_spec, recipients=pending)
@@ -120,7 +120,7 @@ def deliver(
         done = True
         track.emit("attempt", job_id, **attempt)
         if clean:
-            track.emit("sent", job_id, payload, attempts=len(state.attempts))
+            track.emit("sent", job_id, info, attempts=len(state.attempts))
         log.info(
             "job %s sent to %d recipient(s), %d refused: %s %s",
             job_id, len(result.accepted), len(result.refused), *result.reply,

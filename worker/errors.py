@@ -18,8 +18,8 @@ class InvalidEmail(EmailQError, ValueError):
     """The producer refused a job's input; nothing was published."""
 
 
-class DeliveryError(EmailQError):
-    """Sending failed; carries the last SMTP reply and the recipients affected."""
+class _SMTPReply:
+    """Carries the last SMTP reply and the recipients it concerned."""
 
     def __init__(
         self,
@@ -35,6 +35,10 @@ class DeliveryError(EmailQError):
         self.recipients = recipients or {}
 
 
+class DeliveryError(_SMTPReply, EmailQError):
+    """Sending failed; carries the last SMTP reply and the recipients affected."""
+
+
 class TransientError(DeliveryError):
     """May succeed later (4xx, disconnect, timeout); retried with backoff."""
 
@@ -43,20 +47,8 @@ class PermanentError(DeliveryError):
     """Cannot succeed as it stands (5xx); goes to the dead-letter queue."""
 
 
-class AuthenticationFailed(ConfigurationError):
+class AuthenticationFailed(_SMTPReply, ConfigurationError):
     """The SMTP server refused the login (535); retried with backoff, never dead-lettered."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        smtp_code: int | None = None,
-        smtp_text: str | None = None,
-        **_: object,
-    ) -> None:
-        super().__init__(message)
-        self.smtp_code = smtp_code
-        self.smtp_text = smtp_text
 
 
 class JobBusy(EmailQError):

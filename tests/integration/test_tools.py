@@ -52,26 +52,23 @@ def test_sink_writes_each_message_as_an_eml_file(tmp_path):
     assert sink.returncode == 0
 
 
-def test_demo_delivers_every_job_and_exits_zero(session_redis):
-    env = {**os.environ, "REDIS_URL": session_redis.url}
-
-    demo = subprocess.run(
-        [sys.executable, "scripts/demo.py"], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=240,
+def _demo(redis_url: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "scripts/demo.py"], cwd=ROOT, env={**os.environ, "REDIS_URL": redis_url},
+        capture_output=True, text=True, timeout=240,
     )  # fmt: skip
+
+
+def test_demo_delivers_every_job_and_exits_zero(session_redis):
+    demo = _demo(session_redis.url)
 
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "23 of 23 delivered; 23 new .eml files" in demo.stdout
     assert session_redis.client().llen("normal") == 0
 
 
-def test_demo_starts_a_private_redis_when_none_answers(tmp_path):
-    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
-
-    demo = subprocess.run(
-        [sys.executable, "scripts/demo.py"], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=240,
-    )  # fmt: skip
+def test_demo_starts_a_private_redis_when_none_answers():
+    demo = _demo(f"redis://127.0.0.1:{free_port()}/0")
 
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "Started a private redis-server" in demo.stdout
