@@ -3,11 +3,15 @@
 from kombu import Queue
 
 from config import get_settings
+from worker.backends import result_backend_url
 
 _settings = get_settings()
 
 broker_url = _settings.redis_url
-result_backend = _settings.redis_url
+_sentinel = _settings.redis_url.startswith("sentinel://")
+# Celery's Redis classes minus two per-delay() costs (worker/backends.py).
+broker_transport = "worker.backends:" + ("SentinelTransport" if _sentinel else "Transport")
+result_backend = result_backend_url(_settings.redis_url)
 broker_connection_retry_on_startup = True
 
 # JSON only: a pickle payload from the broker could run code in the worker.
@@ -31,7 +35,7 @@ task_default_queue = "normal"
 task_create_missing_queues = False
 
 _visibility: dict = {"visibility_timeout": _settings.visibility_timeout_s}
-if _settings.redis_url.startswith("sentinel://"):
+if _sentinel:
     _visibility["master_name"] = _settings.redis_sentinel_master
 broker_transport_options = {
     **_visibility,
@@ -45,9 +49,11 @@ broker_transport_options = {
 result_backend_transport_options = dict(_visibility)
 result_expires = 7 * 24 * 3600  # a week of results for `AsyncResult` look-ups
 
-# Task events for Flower and `celery events`.
+# Task events for Flower and `celery events`. No task-sent event: it would double the
+# Redis writes of every `delay()`; queued jobs show in `emailq status` and Flower's
+# broker page instead.
 worker_send_task_events = True
-task_send_sent_event = True
+task_send_sent_event = False
 # No STARTED result per job: one Redis write fewer on the hot path; the tracking store
 # and the task-started event (Flower) already say when a send begins.
 task_track_started = False

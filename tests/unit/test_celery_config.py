@@ -34,7 +34,8 @@ def test_killed_workers_jobs_are_swept_back_within_ten_seconds_of_the_timeout():
 def test_startup_retries_the_broker_and_events_feed_flower():
     assert app.conf.broker_connection_retry_on_startup is True
     assert app.conf.worker_send_task_events is True
-    assert app.conf.task_send_sent_event is True
+    assert app.conf.task_send_sent_event is False  # one Redis write per delay(), not two
+    assert app.conf.broker_transport == "worker.backends:Transport"
 
 
 def test_enqueue_email_is_registered_under_its_public_name():
@@ -66,3 +67,15 @@ def test_beat_runs_the_monitoring_check_and_the_daily_report():
     assert schedule["daily-report"]["task"] == "emailq.send_report"
     assert schedule["daily-report"]["schedule"] == crontab(minute=0, hour=7)
     assert {"emailq.check_system", "emailq.send_report"} <= set(app.tasks)
+
+
+def test_publishing_reuses_one_redis_client_and_subscribes_to_no_result():
+    from producer import enqueue_email
+
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        assert channel._create_client() is channel._create_client()
+    result = enqueue_email.delay(to="ann@example.com", subject="Hi", text="Hello")
+    consumer = app.backend.result_consumer
+    subscribed = consumer._pubsub.channels if consumer._pubsub is not None else {}
+    assert not any(result.id.encode() in name for name in subscribed)
