@@ -8,13 +8,16 @@ from celery.utils import uuid
 
 from config import get_settings
 from producer.validation import validate_job
+from worker import chunks
+from worker.chunks import SIZE
 from worker.errors import InvalidEmail
 from worker.job import EmailJob
+from worker.recorder import recorder
 from worker.store import redis_client
 
 BATCH_PREFIX = "emailq:batch:"
 BATCH_TTL_S = 30 * 24 * 3600
-PUBLISH_CHUNK = 500  # messages per Redis pipeline: one round trip each
+PUBLISH_BATCH = 100  # task messages per Redis pipeline: one round trip each
 
 
 class InvalidBatch(InvalidEmail):
@@ -70,7 +73,7 @@ def enqueue_bulk(
     ``skip_invalid=True`` the valid ones are sent and ``BatchId.skipped`` names the rest.
     ``common`` holds keywords shared by every message (``subject``, ``attachments``...).
     """
-    from producer.tasks import enqueue_email
+    from producer.tasks import send_many
 
     batch_id = uuid()
     jobs, invalid = _validate(template, recipients, {**common, "priority": priority}, batch_id)
@@ -82,13 +85,22 @@ def enqueue_bulk(
         mapping={"total": len(jobs), "skipped": len(invalid), "created_at": time.time()},
     )
     client.expire(BATCH_PREFIX + batch_id, BATCH_TTL_S)
-    job_ids: list[str] = []
-    # kombu's publish batch pipelines the LPUSHes: one round trip per chunk, not per job.
-    with enqueue_email.app.producer_or_acquire() as producer:
-        for start in range(0, len(jobs), PUBLISH_CHUNK):
-            with producer.batch(max_size=PUBLISH_CHUNK):
-                for job in jobs[start : start + PUBLISH_CHUNK]:
-                    job_ids.append(enqueue_email.publish(job, producer=producer).id)
+    job_ids = [uuid() for _ in jobs]
+    # Jobs travel in chunks (one task per ``chunks.SIZE`` jobs, each job keeping its id),
+    # and kombu's publish batch pipelines the chunks' LPUSHes.
+    entries = [chunks.entry(job_id, job) for job_id, job in zip(job_ids, jobs, strict=True)]
+    chunked = [entries[i : i + SIZE] for i in range(0, len(entries), SIZE)]
+    with send_many.app.producer_or_acquire() as producer:
+        for start in range(0, len(chunked), PUBLISH_BATCH):
+            with producer.batch(max_size=PUBLISH_BATCH):
+                for chunk in chunked[start : start + PUBLISH_BATCH]:
+                    send_many.apply_async(
+                        kwargs={"jobs": chunk}, queue=priority, producer=producer,
+                        kwargsrepr=repr({"batch_id": batch_id, "jobs": len(chunk)}),
+                    )  # fmt: skip
+    track = recorder()
+    for job_id, job in zip(job_ids, jobs, strict=True):
+        track.emit("queued", job_id, job.tracking_info())
     result = BatchId(batch_id)
     result.job_ids = job_ids
     result.skipped = invalid

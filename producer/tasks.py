@@ -17,7 +17,7 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from config import get_settings
 from producer.publishing import EmailTask
-from worker import deadletter, delayed
+from worker import chunks, deadletter, delayed
 from worker.celery import app
 from worker.delivery import close_shared_sender, deliver, shared
 from worker.errors import ConfigurationError, JobBusy, RateLimited, TransientError
@@ -77,16 +77,37 @@ def _again(
     return Retry(exc=exc, when=countdown)
 
 
+@app.task(bind=True, name="emailq.send_many", max_retries=None)
+def send_many(self, jobs: list[dict[str, Any]]) -> dict[str, int]:
+    """A chunk of a bulk send (``worker.chunks``): several jobs, each with its own id."""
+    try:
+        return chunks.deliver_chunk(
+            jobs, settings=settings, backoff=_backoff, hand_off=_hand_off, dead_letter=dead_letter
+        )
+    except chunks.INFRASTRUCTURE as exc:  # Redis is down: the whole chunk waits for it
+        raise self.retry(exc=exc, countdown=_backoff(self.request.retries + 1)) from None
+
+
+def _hand_off(job_id: str, payload: dict, *, countdown: int, retries: int, exc: Exception) -> None:
+    """A chunk's job that did not go out continues as a single job, with the same id."""
+    enqueue_email.apply_async(kwargs=payload, task_id=job_id, countdown=countdown, retries=retries)
+    recorder().emit("retrying", job_id, payload, attempts=retries + 1, last_error=str(exc))
+
+
 @task_failure.connect
 def _dead_letter(sender=None, task_id=None, exception=None, kwargs=None, einfo=None, **_):
     """Every failed job, in the task body or around it, ends in the dead-letter queue."""
-    if getattr(sender, "name", None) != enqueue_email.name:
-        return
+    if getattr(sender, "name", None) == enqueue_email.name:
+        dead_letter(task_id, kwargs or {}, exception, traceback=getattr(einfo, "traceback", None))
+
+
+def dead_letter(
+    task_id: str, kwargs: dict, exception: BaseException | None, *, traceback: str | None = None
+) -> None:
+    """Put the job in the dead-letter queue and record it as dead."""
     ledger = shared()[1]
     state = ledger.state(task_id)
-    entry = deadletter.make_entry(
-        task_id, kwargs or {}, exception, state, traceback=getattr(einfo, "traceback", None)
-    )
+    entry = deadletter.make_entry(task_id, kwargs, exception, state, traceback=traceback)
     try:
         deadletter.publish(app, entry)
     except Exception:  # noqa: BLE001 - the broker is gone: the log is the last place left
@@ -94,7 +115,7 @@ def _dead_letter(sender=None, task_id=None, exception=None, kwargs=None, einfo=N
         raise
     ledger.record(task_id, state, final="dead")
     recorder().emit(
-        "dead", task_id, kwargs or {}, attempts=len(state.attempts), last_error=entry["error"]
+        "dead", task_id, kwargs, attempts=len(state.attempts), last_error=entry["error"]
     )
     log.error("job %s dead-lettered (%s): %s", task_id, entry["reason"], entry["error"])
 

@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterable, Mapping
 from email.headerregistry import Address
 from email.utils import getaddresses
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ RESERVED_HEADERS = frozenset(
 )  # fmt: skip
 HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except ':'
 FORBIDDEN = ("\r", "\n", "\0")
+# A bare addr-spec (no display name, comment, quoting or list) needs no parsing first.
+# RFC 5322 dot-atom: the ASCII local parts email-validator accepts unchanged.
+DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+BARE = re.compile(r"[^\s<>()\[\]\\,;:\"]+")
 MAX_IDEMPOTENCY_KEY = 200
 
 
@@ -51,19 +56,34 @@ def _no_breaks(field: str, value: str) -> str:
 def _address(field: str, value: Any, *, check_deliverability: bool) -> str:
     """Validate one address, keeping a display name: ``"Ann <ann@example.com>"``."""
     value = _no_breaks(field, value).strip()
-    parsed = getaddresses([value])
+    parsed = [("", value)] if BARE.fullmatch(value) else getaddresses([value])
     if len(parsed) != 1:
         raise InvalidEmail(f"{field}: {value!r} holds {len(parsed)} addresses; pass a list")
     name, addr = parsed[0]
     try:
-        checked = validate_email(
-            addr or value, allow_smtputf8=False, check_deliverability=check_deliverability
-        )
+        addr = _validated(addr or value, check_deliverability)
     except EmailNotValidError as exc:
         raise InvalidEmail(f"{field}: {value!r} is not a valid address: {exc}") from None
-    addr = checked.ascii_email or checked.normalized
     # Re-quoted by Address, so validating the result again gives the same string.
     return str(Address(display_name=name, addr_spec=addr)) if name else addr
+
+
+def _validated(addr: str, check_deliverability: bool) -> str:
+    """email-validator's normalised ASCII form; its domain verdict is cached per domain."""
+    local, at, domain = addr.rpartition("@")
+    if at and DOT_ATOM.fullmatch(local) and len(local) <= 64 and len(addr) <= 254:
+        return f"{local}@{_domain(domain, check_deliverability)}"
+    checked = validate_email(addr, allow_smtputf8=False, check_deliverability=check_deliverability)
+    return checked.ascii_email or checked.normalized
+
+
+@lru_cache(maxsize=4096)
+def _domain(domain: str, check_deliverability: bool) -> str:
+    # A bulk send repeats a few domains thousands of times; IDNA checks cost most of the work.
+    checked = validate_email(
+        f"postmaster@{domain}", allow_smtputf8=False, check_deliverability=check_deliverability
+    )
+    return (checked.ascii_email or checked.normalized).partition("@")[2]
 
 
 def _addresses(field: str, value: Any, *, required: bool, settings: Settings) -> tuple[str, ...]:

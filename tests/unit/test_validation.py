@@ -455,3 +455,33 @@ def test_summary_contains_no_body_and_no_attachment_bytes(settings):
         assert hidden not in shown
     assert base64.b64encode(secret).decode() not in shown
     assert "a.bin" in shown
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "ann@example.com", "Ann.B+tag@Example.COM", "a..b@example.com", ".a@example.com",
+        "a.@example.com", "x@localhost", "x@exa_mple.com", "x@-bad.com", "x@bücher.de",
+        "ü@example.com", "x@example", "x" * 65 + "@example.com", "o'neil@example.co.uk",
+        "a@b.c", "a@123.123.123.123", "a@[1.2.3.4]", "user@mail.example.invalid",
+        "a{b}@x.org", "a@test", "a@example.com.", "a@EXAMPLE.org", "a@@example.com",
+    ],
+)  # fmt: skip
+def test_the_per_domain_cache_gives_email_validators_verdict(address):
+    from email_validator import EmailNotValidError, validate_email
+
+    from producer.validation import _validated
+
+    def verdict(check):
+        try:
+            return check()
+        except EmailNotValidError:
+            return "refused"
+
+    expected = verdict(
+        lambda: (lambda r: r.ascii_email or r.normalized)(
+            validate_email(address, allow_smtputf8=False, check_deliverability=False)
+        )
+    )
+    assert verdict(lambda: _validated(address, False)) == expected
+    assert verdict(lambda: _validated(address, False)) == expected  # and again, from the cache
