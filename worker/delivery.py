@@ -19,11 +19,11 @@ from worker.errors import (
 )
 from worker.job import EmailJob
 from worker.ledger import JobState, Ledger
-from worker.message import build_message
 from worker.ratelimit import RateLimiter, limiter_for
 from worker.recorder import recorder
 from worker.sender import SMTPSender
 from worker.store import redis_client
+from worker.wire import message_bytes
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def deliver(
             raise RateLimited(wait)
         track = recorder()
         track.emit("sending", job_id, info, attempts=len(state.attempts))
-        message = build_message(job, job_id=job_id, sender=from_)
+        message = message_bytes(job, job_id=job_id, sender=from_)
         try:
             result = sender.send(message, sender=from_.addr_spec, recipients=pending)
         except Exception as exc:

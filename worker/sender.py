@@ -148,9 +148,11 @@ class SMTPSender:
         with self._lock:
             self._idle.append(conn)
 
-    def send(self, message: EmailMessage, *, sender: str, recipients: list[str]) -> SendResult:
+    def send(
+        self, message: EmailMessage | bytes, *, sender: str, recipients: list[str]
+    ) -> SendResult:
         """Send one message. Raises smtplib errors; partial refusals come back in the result."""
-        data = message.as_bytes(policy=policy.SMTP)
+        data = message if isinstance(message, bytes) else message.as_bytes(policy=policy.SMTP)
         for _ in range(2):
             conn = self._checkout()
             try:
