@@ -234,8 +234,11 @@ class Bench:
                 [self._fresh(lambda: self.fill_bulk(s["enqueue"])) for _ in range(self.repeats)]
             )
             r["drain0_ours"] = self.drain(sink, self.fill_single, self.our_worker, s["drain0"])
-            r["drain0_ours_bulk"] = self.drain(sink, self.fill_bulk, self.our_worker, s["drain0"])
             r["drain0_ours_2p"] = self.drain(sink, self.fill_single, self.two_workers, s["drain0"])
+            r["drain0_ours_bulk"] = self.drain(sink, self.fill_bulk, self.our_worker, s["drain0"])
+            r["drain0_ours_bulk_2p"] = self.drain(
+                sink, self.fill_bulk, self.two_workers, s["drain0"]
+            )
             r["drain0_baseline"] = self.drain(
                 sink, self.fill_baseline, self.baseline_worker, s["drain0_baseline"]
             )
@@ -252,6 +255,9 @@ class Bench:
             r["drain20_ours"] = self.drain(sink, self.fill_single, self.our_worker, s["drain20"])
             r["drain20_ours_2p"] = self.drain(
                 sink, self.fill_single, self.two_workers, s["drain20"]
+            )
+            r["drain20_ours_bulk_2p"] = self.drain(
+                sink, self.fill_bulk, self.two_workers, s["drain20"]
             )
             r["drain20_baseline"] = self.drain(
                 sink, self.fill_baseline, self.baseline_worker, s["drain20_baseline"]
@@ -316,15 +322,19 @@ def report(results: dict, sizes: dict, repeats: int, smoke: bool) -> str:
         "|---|---|---|",
         f"| emailq worker, threads -c 32, ≤32 SMTP connections | {r['drain0_ours']:.0f} | "
         f"{r['drain20_ours']:.0f} |",
-        f"| emailq worker, jobs from `enqueue_bulk` | {r['drain0_ours_bulk']:.0f} | - |",
         f"| emailq, 2 worker processes × 16 threads, ≤32 connections in all | "
         f"{r['drain0_ours_2p']:.0f} | {r['drain20_ours_2p']:.0f} |",
+        f"| emailq worker, threads -c 32, jobs from `enqueue_bulk` | "
+        f"{r['drain0_ours_bulk']:.0f} | - |",
+        f"| emailq, 2 processes × 16 threads, jobs from `enqueue_bulk` | "
+        f"{r['drain0_ours_bulk_2p']:.0f} | {r['drain20_ours_bulk_2p']:.0f} |",
         f"| plain Celery, connect + login per email, prefork -c 2 | {r['drain0_baseline']:.0f} | "
         f"{r['drain20_baseline']:.0f} |",
         f"| django-post_office 3.x, send_queued_mail, 2 processes × 16 threads | "
         f"{_fmt(r['drain0_post_office'])} | {_fmt(r['drain20_post_office'])} |",
-        f"| **ratio, emailq / plain Celery** | **{ratio(r['drain0_ours'], r['drain0_baseline'])}** "
-        f"| **{ratio(r['drain20_ours'], r['drain20_baseline'])}** |",
+        f"| **ratio, best emailq single-job layout / plain Celery** | "
+        f"**{ratio(max(r['drain0_ours'], r['drain0_ours_2p']), r['drain0_baseline'])}** | "
+        f"**{ratio(max(r['drain20_ours'], r['drain20_ours_2p']), r['drain20_baseline'])}** |",
         "",
         "## Other figures",
         "",
@@ -332,7 +342,8 @@ def report(results: dict, sizes: dict, repeats: int, smoke: bool) -> str:
         "|---|---|",
         f"| end-to-end rate, enqueue and send at once, 0 ms | {r['e2e0_ours']:.0f} msg/s |",
         f"| `enqueue_email.delay` | {r['enqueue_delay_per_s']:.0f} jobs/s |",
-        f"| `enqueue_bulk` (template rendered per recipient) | {r['enqueue_bulk_per_s']:.0f} "
+        f"| `enqueue_bulk` (template rendered per recipient, 25 jobs per task) | "
+        f"{r['enqueue_bulk_per_s']:.0f} "
         "recipients/s |",
         f"| high-priority latency with {sizes['backlog']} normal jobs queued, p50 | "
         f"{r['latency_p50_ms']:.0f} ms |",
@@ -385,16 +396,18 @@ def _targets(r: dict) -> list[str]:
     # The better of one process x 32 threads and two x 16: both keep 32 SMTP connections.
     best20 = max(r["drain20_ours"], r["drain20_ours_2p"])
     best0 = max(r["drain0_ours"], r["drain0_ours_2p"])
+    bulk0 = max(r["drain0_ours_bulk"], r["drain0_ours_bulk_2p"])
+    bulk20 = r["drain20_ours_bulk_2p"]
     po0, po20 = r["drain0_post_office"], r["drain20_post_office"]
     tag0 = "" if po0 else " (quoted)"
     tag20 = "" if po20 else " (quoted)"
     po0, po20 = po0 or POST_OFFICE_QUOTED["drain0"], po20 or POST_OFFICE_QUOTED["drain20"]
     rows = [
         ("20 ms: ≥30× plain Celery", best20 / r["drain20_baseline"], 30, "×"),
-        (f"20 ms: ≥3× django-post_office{tag20}", best20 / po20, 3, "×"),
+        (f"20 ms, single jobs: ≥3× django-post_office{tag20}", best20 / po20, 3, "×"),
+        (f"20 ms, bulk jobs: ≥3× django-post_office{tag20}", bulk20 / po20, 3, "×"),
         (f"0 ms single jobs: ≥1.0× django-post_office{tag0}", best0 / po0, 1, "×"),
-        (f"0 ms bulk jobs: ≥1.5× django-post_office{tag0}", r["drain0_ours_bulk"] / po0, 1.5,
-         "×"),
+        (f"0 ms bulk jobs: ≥1.5× django-post_office{tag0}", bulk0 / po0, 1.5, "×"),
         ("`enqueue_bulk` ≥5,000 recipients/s", r["enqueue_bulk_per_s"], 5000, "/s"),
         ("`enqueue_email.delay` ≥1,500/s", r["enqueue_delay_per_s"], 1500, "/s"),
     ]  # fmt: skip
