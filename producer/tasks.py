@@ -80,12 +80,23 @@ def _again(
 @app.task(bind=True, name="emailq.send_many", max_retries=None)
 def send_many(self, jobs: list[dict[str, Any]]) -> dict[str, int]:
     """A chunk of a bulk send (``worker.chunks``): several jobs, each with its own id."""
+    queue = (self.request.delivery_info or {}).get("routing_key") or "normal"
     try:
-        return chunks.deliver_chunk(
-            jobs, settings=settings, backoff=_backoff, hand_off=_hand_off, dead_letter=dead_letter
-        )
+        counts, left = chunks.deliver_chunk(
+            jobs, settings=settings, backoff=_backoff, hand_off=_hand_off,
+            dead_letter=dead_letter, should_yield=_alerts_waiting if queue != "high" else None,
+        )  # fmt: skip
     except chunks.INFRASTRUCTURE as exc:  # Redis is down: the whole chunk waits for it
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries + 1)) from None
+    if left:  # alerts are waiting: the rest of the chunk queues again behind them
+        shown = {"batch_id": left[0]["job"].get("batch_id"), "jobs": len(left)}
+        send_many.apply_async(kwargs={"jobs": left}, queue=queue, kwargsrepr=repr(shown))
+        counts["requeued"] = len(left)
+    return counts
+
+
+def _alerts_waiting() -> bool:
+    return bool(redis_client().llen("high"))
 
 
 def _hand_off(job_id: str, payload: dict, *, countdown: int, retries: int, exc: Exception) -> None:

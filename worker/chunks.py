@@ -8,6 +8,7 @@ for, or dead-lettered, so one bad address never holds up or repeats the others.
 
 import logging
 import math
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,9 @@ from worker.job import EmailJob
 
 log = logging.getLogger(__name__)
 
+# How often a chunk on the normal queue asks whether alerts are waiting; when they are,
+# it stops and hands its remaining jobs back, so its thread is free for the alert.
+YIELD_CHECK_S = 0.05
 SIZE = 25  # jobs per chunk: one SMTP session's worth (MAX_MESSAGES_PER_CONNECTION)
 # Infrastructure down: the whole chunk is retried; the ledger skips what already went out.
 INFRASTRUCTURE = (redis.RedisError, OperationalError)
@@ -41,11 +45,21 @@ def deliver_chunk(
     backoff: Callable[[int], int],
     hand_off: HandOff,
     dead_letter: DeadLetter,
-) -> dict[str, int]:
-    """Send every job; returns how many were sent, handed off and dead-lettered."""
+    should_yield: Callable[[], bool] | None = None,
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Send the jobs in order; returns counts (sent, handed off, dead) and the jobs left.
+
+    Jobs are left only when ``should_yield`` said so between two jobs (checked at most
+    every ``YIELD_CHECK_S``); the caller publishes them again as a new chunk.
+    """
     sender, ledger, limiter = shared()
     counts = {"sent": 0, "handed_off": 0, "dead": 0}
-    for item in jobs:
+    checked = time.monotonic()
+    for index, item in enumerate(jobs):
+        if should_yield is not None and index and time.monotonic() - checked >= YIELD_CHECK_S:
+            checked = time.monotonic()
+            if should_yield():
+                return counts, jobs[index:]
         job_id, payload = item["id"], item["job"]
         try:
             deliver(
@@ -64,7 +78,7 @@ def deliver_chunk(
                 retries = 1 if isinstance(exc, TransientError) else 0
                 hand_off(job_id, payload, countdown=countdown, retries=retries, exc=exc)
                 counts["handed_off"] += 1
-    return counts
+    return counts, []
 
 
 def _countdown(exc: Exception, backoff: Callable[[int], int]) -> int | None:

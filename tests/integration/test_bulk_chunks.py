@@ -99,3 +99,25 @@ def test_a_chunk_whose_worker_is_killed_midway_resumes_without_resending(
     assert all(ledger.state(job_id).final == "sent" for job_id in batch.job_ids)
     time.sleep(1)
     assert len(handler.messages) == 5
+
+
+def test_a_bulk_chunk_steps_aside_for_an_alert_and_finishes_afterwards(smtp_server, start_worker):
+    # Given one worker thread busy with a chunk of 25 slow sends
+    from producer import enqueue_email
+
+    handler = smtp_server.handler
+    handler.rcpt_delay_s = 0.1
+    start_worker(smtp_server, concurrency=1)
+    addresses = [f"bulk{i}@example.com" for i in range(chunks.SIZE)]
+    enqueue_bulk(template="welcome", recipients=_recipients(addresses))
+    handler.wait_for(2, timeout=30)
+
+    # When an alert arrives on the high queue
+    enqueue_email.delay(to="oncall@example.com", subject="Down", text="!", priority="high")
+
+    # Then it goes out long before the chunk would have finished, and the chunk still does
+    received = [m.rcpt_tos[0] for m in handler.wait_for(len(addresses) + 1, timeout=60)]
+    assert received.index("oncall@example.com") < 8
+    assert sorted(r for r in received if r != "oncall@example.com") == sorted(addresses)
+    time.sleep(1)
+    assert len(handler.messages) == len(addresses) + 1
