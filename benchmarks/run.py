@@ -376,19 +376,28 @@ def _fmt(rate: float | None) -> str:
 
 LIMITS = """## What limits it, and what was tried
 
-- **0 ms per reply: CPU in the worker.** Each job costs Celery's own bookkeeping (fetch,
-  three task events, result, ack), two ledger round trips, a tracking event and building
-  the message; the plain baseline does none of the bookkeeping. Done so far: no STARTED
-  result write per job, and two worker processes of 16 threads (both cores, the same 32
-  connections) measured beside one of 32. Next: several messages per task (bulk jobs sent
-  over one connection) and cheaper message building checked byte for byte against
-  `EmailMessage`.
-- **20 ms per reply: four round trips per message** (MAIL, RCPT, DATA, end of data) over
-  at most 32 connections caps a sender near 400 msg/s before any CPU cost. Next: ESMTP
-  PIPELINING (RFC 2920) to send MAIL, RCPT and DATA in one round trip.
-- **Enqueue:** `delay()` validates every address with email-validator and writes a
-  tracking event; `enqueue_bulk` renders Jinja2 and inlines CSS per recipient. Next: cache
-  the parsed CSS per template and render the inliner once per batch.
+- **0 ms per reply, single jobs: Celery's per-task work.** Profiled with py-spy (`--gil`),
+  about two thirds of a worker's CPU per single job is Celery's own: fetching, three
+  task events for Flower, the result write and the ack; the rest is the ledger's two
+  round trips, the SMTP commands and tracking. Done: no STARTED result write, no task-sent
+  event, message bytes written without `EmailMessage` for the common shape (byte for
+  byte the same; `worker/wire.py`), and two worker processes of 16 threads. Tried and
+  dropped: Celery's gevent pool (slower here than threads). What is left would mean
+  leaving Celery's one-message-per-job model for single jobs, or turning off the task
+  events Flower shows.
+- **0 ms per reply, bulk jobs:** `enqueue_bulk` sends 25 jobs per task, so Celery's cost
+  is shared; each job still takes its own ledger lock and record (no email sent twice
+  after a crash) and its own tracking events.
+- **20 ms per reply: round trips.** Step by step, MAIL, RCPT, DATA and the end of data
+  are four round trips per message, capping 32 connections near 400 msg/s. With ESMTP
+  PIPELINING (RFC 2920), used whenever the server offers it, MAIL, RCPT and DATA go in
+  one write: two round trips per message. The sink models latency (each reply leaves
+  N ms after its command arrived), so a client that waits for every reply pays N ms per
+  command and a pipelining one pays it once per group.
+- **Enqueue:** `delay()` is one LPUSH after validation (no task-sent event, no result
+  subscription, one Redis client per broker channel). `enqueue_bulk` renders each
+  recipient's template (Jinja2 templates load once, no file checks per message), checks
+  each address's domain once per process, and publishes one task per 25 jobs.
 """
 
 

@@ -1,5 +1,8 @@
-"""A benchmark SMTP sink: every reply delayed by a set number of ms, AUTH accepted.
+"""A benchmark SMTP sink with a set network latency, PIPELINING advertised, AUTH accepted.
 
+Each reply leaves a set number of ms after the command it answers arrived (for the
+final reply to DATA, after the closing dot): a client that waits for every reply
+waits that long per command; one that pipelines a group waits that long once.
 Runs in its own process. It counts messages and records the time of each 250 to
 DATA, plus per-recipient times for recipients with a watched prefix (for latency).
 """
@@ -8,6 +11,7 @@ import asyncio
 import logging
 import multiprocessing as mp
 import time
+from collections import deque
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult
@@ -16,10 +20,27 @@ from aiosmtpd.smtp import SMTP, AuthResult
 class DelayedSMTP(SMTP):
     delay_s = 0.0
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._received = 0
+        self._arrivals = deque([(0, time.monotonic())])  # (bytes received, at)
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._received += len(data)
+        self._arrivals.append((self._received, time.monotonic()))
+        super().data_received(data)
+
     async def push(self, status: str) -> None:
         if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            await asyncio.sleep(self._answered_at() + self.delay_s - time.monotonic())
         await super().push(status)
+
+    def _answered_at(self) -> float:
+        """When the last byte read so far arrived: the end of the command being answered."""
+        read = self._received - len(self._reader._buffer)
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < read:
+            self._arrivals.popleft()
+        return self._arrivals[0][1]
 
 
 class Counter:
@@ -27,6 +48,10 @@ class Counter:
         self.count, self.first, self.last, self.watched, self.prefix = (
             count, first, last, watched, prefix,
         )  # fmt: skip
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_DATA(self, server, session, envelope) -> str:
         now = time.time()

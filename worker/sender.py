@@ -1,6 +1,7 @@
 """The SMTP sender: verified TLS, login, and a thread-safe pool of reused connections."""
 
 import logging
+import re
 import smtplib
 import socket
 import ssl
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
+from smtplib import quoteaddr
 
 from config import Settings
 from worker.errors import TLSVerificationError
@@ -22,6 +24,8 @@ MAX_IDLE_S = 60.0
 # Many providers cap messages per session (Outlook at 30, others near 100); opening
 # a fresh session before the cap avoids a 421 in the middle of a job.
 MAX_MESSAGES_PER_CONNECTION = 25
+MAX_PIPELINED_RECIPIENTS = 100
+LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +176,9 @@ class SMTPSender:
         self, conn: _Connection, data: bytes, sender: str, recipients: list[str]
     ) -> SendResult:
         smtp = conn.smtp
+        # RFC 2920 3.1: a group too large to buffer could deadlock both ends; go step by step.
+        if smtp.has_extn("pipelining") and len(recipients) <= MAX_PIPELINED_RECIPIENTS:
+            return _pipelined(conn, data, sender, recipients)
         try:
             code, reply = smtp.mail(sender)
         except smtplib.SMTPServerDisconnected:
@@ -207,6 +214,70 @@ class SMTPSender:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _pipelined(conn: _Connection, data: bytes, sender: str, recipients: list[str]) -> SendResult:
+    """RFC 2920: MAIL, every RCPT and DATA in one write, then their replies in order.
+
+    The same outcomes as the step-by-step transaction, in two round trips instead of
+    3 + n. A DATA accepted despite refusals is never answered with a message: the
+    error discards the connection.
+    """
+    smtp = conn.smtp
+    group = [f"mail FROM:{quoteaddr(sender)}", *(f"rcpt TO:{quoteaddr(r)}" for r in recipients)]
+    group.append("data")
+    if any("\r" in line or "\n" in line for line in group):
+        raise ValueError("command and arguments contain prohibited newline characters")
+    try:
+        smtp.send("".join(f"{line}\r\n" for line in group))
+        code, reply = smtp.getreply()
+    except smtplib.SMTPServerDisconnected:
+        if conn.fresh:
+            raise
+        raise _StaleConnection from None
+    if code == 421 and not conn.fresh:
+        raise _StaleConnection
+    if code != 250:
+        _drain(smtp, len(recipients) + 1)
+        raise smtplib.SMTPSenderRefused(code, reply, sender)
+    accepted: list[str] = []
+    refused: dict[str, tuple[int, str]] = {}
+    for rcpt in recipients:
+        rcode, rreply = smtp.getreply()
+        if rcode in (250, 251):
+            accepted.append(rcpt)
+        else:
+            refused[rcpt] = (rcode, rreply.decode("utf-8", "replace"))
+    code, reply = smtp.getreply()
+    if not accepted:
+        if code != 354:
+            smtp.rset()
+        raise smtplib.SMTPRecipientsRefused({r: (c, t.encode()) for r, (c, t) in refused.items()})
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    smtp.send(_dot_stuffed(data))
+    code, reply = smtp.getreply()
+    if code != 250:
+        smtp.rset()
+        raise smtplib.SMTPDataError(code, reply)
+    return SendResult(tuple(accepted), refused, (code, reply.decode("utf-8", "replace")))
+
+
+def _drain(smtp: smtplib.SMTP, replies: int) -> None:
+    """Read the replies still due, up to a hang-up."""
+    try:
+        for _ in range(replies):
+            smtp.getreply()
+    except smtplib.SMTPServerDisconnected:
+        pass
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """The DATA body exactly as smtplib.SMTP.data sends bytes: leading dots doubled, CRLF.CRLF."""
+    body = LEADING_DOT.sub(b"..", data)
+    if body[-2:] != b"\r\n":
+        body += b"\r\n"
+    return body + b".\r\n"
 
 
 class _StaleConnection(Exception):

@@ -49,8 +49,13 @@ class RecordingHandler:
     - ``rcpt_replies[address]``: the reply to RCPT for that address;
     - ``data_replies``: replies to the next DATA commands, whoever they are for;
     - ``data_replies_for[first recipient]``: replies to DATA for that job's message;
+    - ``mail_replies``: replies to the next MAIL commands;
+    - ``data_command_replies``: replies to the next DATA commands themselves, before any
+      message (a scripted 354 is only a reply: the server then reads no message);
     - ``auth_failures``: how many logins to refuse with 535 first.
     Every RCPT and DATA command is logged in ``commands`` with its time and reply.
+    EHLO advertises PIPELINING unless ``pipelining`` is false; ``pipelined`` holds, per
+    MAIL, the verbs of the commands that had already arrived behind it.
     """
 
     def __init__(self) -> None:
@@ -64,11 +69,33 @@ class RecordingHandler:
         self.logins = 0
         self._refused_sessions: set[int] = set()
         self.commands: list[tuple[float, str, str, str]] = []  # (time, verb, address, reply)
+        self.mail_replies: list[str] = []
+        self.data_command_replies: list[str] = []
+        self.pipelining = True
+        self.pipelined: list[list[str]] = []
         self._changed = threading.Condition()
 
     def attempts(self, address: str, verb: str = "RCPT") -> list[tuple[float, str]]:
         """(time, reply) of every ``verb`` command for ``address``."""
         return [(t, reply) for t, v, a, reply in self.commands if v == verb and a == address]
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses) -> list[str]:
+        session.host_name = hostname  # aiosmtpd leaves this to a handler that has the hook
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options) -> str:
+        waiting = bytes(server._reader._buffer).split(b"\r\n")[:-1]  # complete lines only
+        self.pipelined.append(
+            [line.split(b" ")[0].decode("ascii", "replace").upper() for line in waiting]
+        )
+        reply = _next(self.mail_replies)
+        if reply:
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
         if self.rcpt_delay_s:
@@ -122,6 +149,20 @@ class RecordingHandler:
             return list(self.messages)
 
 
+class _ScriptedSMTP(SMTP):
+    async def smtp_DATA(self, arg: str) -> None:
+        reply = _next(self.event_handler.data_command_replies)
+        if reply:
+            await self.push(reply)
+            return
+        await super().smtp_DATA(arg)
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTP:
+        return _ScriptedSMTP(self.handler, **self.SMTP_kwargs)
+
+
 class SMTPTestServer:
     """STARTTLS + AUTH by default (``mode="starttls"``); ``"ssl"`` for implicit TLS; ``"none"``."""
 
@@ -132,8 +173,10 @@ class SMTPTestServer:
         mode: str = "starttls",
         auth: bool = True,
         idle_timeout_s: float = 300,
+        pipelining: bool = True,
     ) -> None:
         self.handler = RecordingHandler()
+        self.handler.pipelining = pipelining
         self.port = free_port()
         kwargs: dict = {"timeout": idle_timeout_s, "data_size_limit": 64 * 1024 * 1024}
         if mode == "starttls":
@@ -150,7 +193,7 @@ class SMTPTestServer:
             "ssl_context": server_context if mode == "ssl" else None,
             **kwargs,
         }
-        self.controller = Controller(self.handler, **self._controller_args)
+        self.controller = _Controller(self.handler, **self._controller_args)
 
     @property
     def messages(self) -> list[Received]:
@@ -169,5 +212,5 @@ class SMTPTestServer:
 
     def up(self) -> None:
         """Listen again on the same port, with the same handler and its records."""
-        self.controller = Controller(self.handler, **self._controller_args)
+        self.controller = _Controller(self.handler, **self._controller_args)
         self.controller.start()
