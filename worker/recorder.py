@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL_S = 0.5
 BATCH = 2000
 MAX_BACKLOG = 200_000  # events kept through a database outage before the oldest are dropped
+# Beyond this backlog, a thread that emits writes a batch itself. Busy sender threads can
+# starve the background writer of the GIL; sharing the work keeps memory flat.
+HELP_AT = 4 * BATCH
 
 
 class Recorder:
@@ -32,6 +35,7 @@ class Recorder:
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._lock = threading.Lock()
+        self._healthy = True
         self._thread = threading.Thread(target=self._run, name="emailq-tracking", daemon=True)
         self._thread.start()
         self.pid = os.getpid()
@@ -47,22 +51,32 @@ class Recorder:
                 idempotency_key=job.get("idempotency_key"), batch_id=job.get("batch_id"),
             )  # fmt: skip
         self._events.append(event)
+        if len(self._events) > HELP_AT and self._healthy and self._lock.acquire(blocking=False):
+            try:  # never while the database is down: a send must not wait for it
+                self._write_batch()
+            finally:
+                self._lock.release()
 
     def flush(self) -> bool:
         """Write everything queued so far; False if the database refused."""
         with self._lock:
             while self._events:
-                batch = [self._events.popleft() for _ in range(min(BATCH, len(self._events)))]
-                try:
-                    if self._store is None:
-                        self._store = self._store_factory()
-                    self._store.apply(batch)
-                except Exception as exc:  # noqa: BLE001 - any database failure: keep the events
-                    self._events.extendleft(reversed(batch))
-                    log.warning(
-                        "tracking store unavailable, %d events kept: %s", len(self._events), exc
-                    )
+                if not self._write_batch():
                     return False
+        return True
+
+    def _write_batch(self) -> bool:
+        batch = [self._events.popleft() for _ in range(min(BATCH, len(self._events)))]
+        try:
+            if self._store is None:
+                self._store = self._store_factory()
+            self._store.apply(batch)
+        except Exception as exc:  # noqa: BLE001 - any database failure: keep the events
+            self._events.extendleft(reversed(batch))
+            log.warning("tracking store unavailable, %d events kept: %s", len(self._events), exc)
+            self._healthy = False
+            return False
+        self._healthy = True
         return True
 
     def _run(self) -> None:

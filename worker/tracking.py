@@ -103,7 +103,7 @@ class TrackingStore:
     def apply(self, events: list[dict[str, Any]]) -> None:
         """Write a batch of events in one transaction, a statement per kind."""
         by_kind: dict[str, list[dict[str, Any]]] = {}
-        for e in events:
+        for e in _without_superseded(events):
             by_kind.setdefault(e["kind"], []).append(e)
         with self.engine.begin() as conn:
             for kind, batch in by_kind.items():
@@ -178,6 +178,24 @@ class TrackingStore:
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(select(func.count()).select_from(jobs))
+
+
+def _without_superseded(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop a "sending" that a later "sent", "retrying" or "dead" of the same job replaces.
+
+    At full speed most jobs start and finish within one batch: one status write per
+    job instead of two keeps the writer ahead of the senders.
+    """
+    settled: set[str] = set()
+    kept: list[dict[str, Any]] = []
+    for e in reversed(events):
+        if e["kind"] in ("sent", "retrying", "dead"):
+            settled.add(e["job_id"])
+        elif e["kind"] == "sending" and e["job_id"] in settled:
+            continue
+        kept.append(e)
+    kept.reverse()
+    return kept
 
 
 def _job_row(e: dict[str, Any]) -> dict[str, Any]:
