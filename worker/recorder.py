@@ -24,7 +24,7 @@ BATCH = 2000
 MAX_BACKLOG = 200_000  # events kept through a database outage before the oldest are dropped
 # Beyond this backlog, a thread that emits writes a batch itself. Busy sender threads can
 # starve the background writer of the GIL; sharing the work keeps memory flat.
-HELP_AT = 4 * BATCH
+HELP_AT = BATCH
 
 
 class Recorder:
