@@ -396,11 +396,17 @@ LIMITS = """## What limits it, and what was tried
   command and a pipelining one pays it once per group.
 - **20 ms, against plain Celery:** the baseline drains only 150 messages at about 10 msg/s,
   so one message more or less per second moves the ratio by 10%; it has landed on both
-  sides of 30× in runs of the same code.
+  sides of 30× in runs of the same sending code.
 - **Memory:** at full speed the tracking writer thread could fall behind 32 busy sender
   threads (it competes for the GIL), and its backlog grew with the run. A "sending" write
   that a later status in the same batch replaces is now skipped, and past a backlog of
-  2,000 events the thread that emits writes a batch itself.
+  2,000 events the thread that emits writes a batch itself. That took the growth from
+  about 0.9 KB per job to 0.2–0.4 KB per job; it is not yet flat. A standalone run
+  levelled off near +6 MiB, the bench's run still shows about +20 MiB. The next step is
+  tracemalloc snapshots of a worker mid-run.
+- **How far the misses are:** single jobs at 20 ms are about 5% short of 3× (CPU-bound
+  like 0 ms, once PIPELINING halves the round trips); single jobs at 0 ms are about 30%
+  short of 1.0× django-post_office.
 - **Enqueue:** `delay()` is one LPUSH after validation (no task-sent event, no result
   subscription, one Redis client per broker channel). `enqueue_bulk` renders each
   recipient's template (Jinja2 templates load once, no file checks per message), checks
