@@ -9,7 +9,6 @@ from celery.utils import uuid
 from config import get_settings
 from producer.validation import validate_job
 from worker import chunks
-from worker.chunks import SIZE
 from worker.errors import InvalidEmail
 from worker.job import EmailJob
 from worker.recorder import recorder
@@ -89,7 +88,7 @@ def enqueue_bulk(
     # Jobs travel in chunks (one task per ``chunks.SIZE`` jobs, each job keeping its id),
     # and kombu's publish batch pipelines the chunks' LPUSHes.
     entries = [chunks.entry(job_id, job) for job_id, job in zip(job_ids, jobs, strict=True)]
-    chunked = [entries[i : i + SIZE] for i in range(0, len(entries), SIZE)]
+    chunked = [entries[i : i + chunks.SIZE] for i in range(0, len(entries), chunks.SIZE)]
     with send_many.app.producer_or_acquire() as producer:
         for start in range(0, len(chunked), PUBLISH_BATCH):
             with producer.batch(max_size=PUBLISH_BATCH):

@@ -179,24 +179,10 @@ class SMTPSender:
         # RFC 2920 3.1: a group too large to buffer could deadlock both ends; go step by step.
         if smtp.has_extn("pipelining") and len(recipients) <= MAX_PIPELINED_RECIPIENTS:
             return _pipelined(conn, data, sender, recipients)
-        try:
-            code, reply = smtp.mail(sender)
-        except smtplib.SMTPServerDisconnected:
-            if conn.fresh:
-                raise
-            raise _StaleConnection from None
-        if code == 421 and not conn.fresh:
-            raise _StaleConnection
+        code, reply = _mail_reply(conn, lambda: smtp.mail(sender))
         if code != 250:
             raise smtplib.SMTPSenderRefused(code, reply, sender)
-        accepted: list[str] = []
-        refused: dict[str, tuple[int, str]] = {}
-        for rcpt in recipients:
-            code, reply = smtp.rcpt(rcpt)
-            if code in (250, 251):
-                accepted.append(rcpt)
-            else:
-                refused[rcpt] = (code, reply.decode("utf-8", "replace"))
+        accepted, refused = _sorted(recipients, [smtp.rcpt(r) for r in recipients])
         if not accepted:
             smtp.rset()
             raise smtplib.SMTPRecipientsRefused(
@@ -228,26 +214,16 @@ def _pipelined(conn: _Connection, data: bytes, sender: str, recipients: list[str
     group.append("data")
     if any("\r" in line or "\n" in line for line in group):
         raise ValueError("command and arguments contain prohibited newline characters")
-    try:
+
+    def write_group() -> tuple[int, bytes]:
         smtp.send("".join(f"{line}\r\n" for line in group))
-        code, reply = smtp.getreply()
-    except smtplib.SMTPServerDisconnected:
-        if conn.fresh:
-            raise
-        raise _StaleConnection from None
-    if code == 421 and not conn.fresh:
-        raise _StaleConnection
+        return smtp.getreply()
+
+    code, reply = _mail_reply(conn, write_group)
     if code != 250:
         _drain(smtp, len(recipients) + 1)
         raise smtplib.SMTPSenderRefused(code, reply, sender)
-    accepted: list[str] = []
-    refused: dict[str, tuple[int, str]] = {}
-    for rcpt in recipients:
-        rcode, rreply = smtp.getreply()
-        if rcode in (250, 251):
-            accepted.append(rcpt)
-        else:
-            refused[rcpt] = (rcode, rreply.decode("utf-8", "replace"))
+    accepted, refused = _sorted(recipients, [smtp.getreply() for _ in recipients])
     code, reply = smtp.getreply()
     if not accepted:
         if code != 354:
@@ -261,6 +237,33 @@ def _pipelined(conn: _Connection, data: bytes, sender: str, recipients: list[str
         smtp.rset()
         raise smtplib.SMTPDataError(code, reply)
     return SendResult(tuple(accepted), refused, (code, reply.decode("utf-8", "replace")))
+
+
+def _mail_reply(conn: _Connection, mail: Callable[[], tuple[int, bytes]]) -> tuple[int, bytes]:
+    """The reply to MAIL. A reused connection the server already closed is stale: nothing sent."""
+    try:
+        code, reply = mail()
+    except smtplib.SMTPServerDisconnected:
+        if conn.fresh:
+            raise
+        raise _StaleConnection from None
+    if code == 421 and not conn.fresh:
+        raise _StaleConnection
+    return code, reply
+
+
+def _sorted(
+    recipients: list[str], replies: list[tuple[int, bytes]]
+) -> tuple[list[str], dict[str, tuple[int, str]]]:
+    """Accepted recipients, and refused ones with their reply, from the RCPT replies."""
+    accepted: list[str] = []
+    refused: dict[str, tuple[int, str]] = {}
+    for rcpt, (code, reply) in zip(recipients, replies, strict=True):
+        if code in (250, 251):
+            accepted.append(rcpt)
+        else:
+            refused[rcpt] = (code, reply.decode("utf-8", "replace"))
+    return accepted, refused
 
 
 def _drain(smtp: smtplib.SMTP, replies: int) -> None:
