@@ -2,6 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Settings come from the environment; a .env in this checkout is read when present.
+# (The installed package never reads a .env from the working directory.)
+ifneq ($(wildcard .env),)
+export EMAILQ_ENV_FILE ?= $(CURDIR)/.env
+endif
 
 .PHONY: install system-deps test demo worker flower beat bench lint
 
@@ -24,14 +29,13 @@ demo: install
 	$(BIN)/python scripts/demo.py
 
 worker: install
-	$(BIN)/celery -A worker worker -Q high,normal --loglevel=INFO
+	$(BIN)/celery -A emailq.worker worker -Q high,normal --loglevel=INFO
 
 flower: install
-	$(BIN)/celery -A worker flower
+	$(BIN)/celery -A emailq.worker flower
 
 beat: install
-	@mkdir -p var
-	$(BIN)/celery -A worker beat --loglevel=INFO
+	$(BIN)/celery -A emailq.worker beat --loglevel=INFO
 
 bench: install
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

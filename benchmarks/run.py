@@ -66,7 +66,7 @@ class Bench:
             "SINK_PORT": str(self.sink_port),
         }
         os.environ.update({k: v for k, v in self.env.items() if k != "PATH"})
-        from producer import enqueue_bulk, enqueue_email  # after the environment is set
+        from emailq.producer import enqueue_bulk, enqueue_email  # after the environment is set
 
         self.enqueue_email, self.enqueue_bulk = enqueue_email, enqueue_bulk
         self.results: dict[str, object] = {}
@@ -80,7 +80,7 @@ class Bench:
         )  # fmt: skip
 
     def our_worker(self, concurrency: int = 32) -> subprocess.Popen:
-        return self.start([PY, "-m", "celery", "-A", "worker", "worker", "-Q", "high,normal",
+        return self.start([PY, "-m", "celery", "-A", "emailq.worker", "worker", "-Q", "high,normal",
                            "-c", str(concurrency), "--loglevel=WARNING", "--without-gossip",
                            "--without-mingle"])  # fmt: skip
 

@@ -1,4 +1,9 @@
-"""One typed, frozen settings object, read once from the environment and ``.env``."""
+"""One typed, frozen settings object, read once from the environment (and ``EMAILQ_ENV_FILE``).
+
+Nothing here depends on the working directory: no ``.env`` is read unless
+``EMAILQ_ENV_FILE`` names it, relative paths are refused, and the files we write live
+in ``EMAILQ_DATA_DIR``.
+"""
 
 import os
 from email.headerregistry import Address
@@ -7,12 +12,20 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import platformdirs
 from kombu.utils.url import maybe_sanitize_url
-from pydantic import FilePath, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from config.providers import preset
-from worker.errors import ConfigurationError
+from emailq.config.errors import ConfigurationError
+from emailq.config.providers import preset
 
 Security = Literal["starttls", "ssl", "none"]
 
@@ -20,7 +33,17 @@ Security = Literal["starttls", "ssl", "none"]
 # so an unknown relay is never spoken to in clear text by accident.
 PORT_SECURITY: dict[int, Security] = {465: "ssl", 1025: "none"}
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
-SECRET_FIELDS = {"email_password", "flower_basic_auth", "redis_url", "database_url", "secret_key"}
+SECRET_FIELDS = {
+    "email_password", "flower_basic_auth", "redis_url", "database_url", "secret_key",
+    "emailq_database_url", "emailq_secret_key",
+}  # fmt: skip
+# Names shown in messages for fields read under another variable name.
+ENV_NAMES = {
+    "data_dir": "EMAILQ_DATA_DIR",
+    "database_url": "EMAILQ_DATABASE_URL",
+    "secret_key": "EMAILQ_SECRET_KEY",
+}
+SQLITE = "sqlite:///"
 BROKER_SCHEMES = {"redis", "rediss", "sentinel"}
 URL_FIELDS = {"redis_url", "database_url"}
 
@@ -29,8 +52,9 @@ class Settings(BaseSettings):
     """Every variable of the public contract. Secrets are ``SecretStr``: masked in repr."""
 
     model_config = SettingsConfigDict(
-        env_file=".env",
+        env_file=None,  # only EMAILQ_ENV_FILE, never a .env in the working directory
         env_file_encoding="utf-8",
+        populate_by_name=True,  # load_settings(data_dir=...) by field name
         env_ignore_empty=True,  # VAR= in compose or .env means "not set"
         frozen=True,
         extra="ignore",
@@ -43,7 +67,9 @@ class Settings(BaseSettings):
     smtp_server: str = "localhost"  # the development sink (`emailq sink`)
     smtp_port: int = 1025
     smtp_security: Security | None = None  # None: chosen from the port (PORT_SECURITY)
-    smtp_ca_file: FilePath | None = None  # added to the system CAs, never replaces verification
+    # Added to the system CAs, never replaces verification. Absolute; the worker reads it
+    # at start-up (an application that only enqueues need not have the file).
+    smtp_ca_file: Path | None = None
     smtp_timeout_s: float = 30.0  # per SMTP command; providers can take seconds to answer DATA
     smtp_helo_name: str | None = None
     smtp_max_connections: int = 32  # per worker process; providers cap concurrent sessions
@@ -56,7 +82,18 @@ class Settings(BaseSettings):
     smtp_username: str | None = None  # login, when it differs from EMAIL_ADDRESS
     email_from: str | None = None  # From header, e.g. "Alerts <alerts@example.com>"
 
-    database_url: str = "sqlite:///var/emailq.sqlite3"
+    # Every file we write (the SQLite store, the beat schedule) lives here, never in the
+    # working directory, so an application and a worker started elsewhere agree.
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("emailq")),
+        validation_alias="emailq_data_dir",
+    )
+    # Delivery tracking, read and written by workers and the CLI only. EMAILQ_DATABASE_URL
+    # wins over DATABASE_URL, which Django and Heroku applications use for their own data.
+    # Unset: SQLite in EMAILQ_DATA_DIR; a relative SQLite path is taken inside it too.
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("emailq_database_url", "database_url")
+    )
 
     # Postfix's minimal_backoff_time (300 s) and maximal_backoff_time (4000 s): the
     # same spacing real MTAs use, well above RFC 5321 4.5.4.1's 30-minute floor once
@@ -69,11 +106,14 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 3600  # unacknowledged jobs return to the queue after this
 
     idempotency_window_s: int = 24 * 3600  # a repeated idempotency_key within this sends once
-    templates_dir: Path | None = None  # NAME.subject/.txt/.html; searched before the packaged ones
+    templates_dir: Path | None = None  # absolute; NAME.subject/.txt/.html, before the packaged ones
     max_attachment_bytes: int = 20 * 1024 * 1024  # 20 MiB: what most providers accept
     email_check_deliverability: bool = False  # DNS lookups on every address when True
 
-    secret_key: SecretStr | None = None  # signs verification links; long and random
+    # Signs verification links; long and random. EMAILQ_SECRET_KEY wins over SECRET_KEY.
+    secret_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("emailq_secret_key", "secret_key")
+    )
 
     # System monitoring (celery beat): alert when a reading crosses its threshold.
     alert_to: Annotated[list[str], NoDecode] = []  # comma-separated addresses
@@ -90,6 +130,8 @@ class Settings(BaseSettings):
     flower_basic_auth: SecretStr | None = None  # "user:password[,user2:password2]"
     flower_auth: str | None = None  # Flower's own OAuth allow-list (FLOWER_AUTH), instead
     flower_insecure_no_auth: bool = False  # development only: Flower without a password
+    # Flower's /metrics needs the dashboard's credentials; true opens it to any scraper.
+    flower_metrics_public: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -114,6 +156,14 @@ class Settings(BaseSettings):
         if scheme not in BROKER_SCHEMES:
             raise ValueError(f"expected a URL starting with one of {sorted(BROKER_SCHEMES)}://")
         return url
+
+    @field_validator("data_dir", "smtp_ca_file", "templates_dir")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        # A relative path would mean something different in every working directory.
+        if path is not None and not path.expanduser().is_absolute():
+            raise ValueError(f"{str(path)!r} is relative; give an absolute path")
+        return path.expanduser() if path is not None else None
 
     @field_validator("alert_to", "report_to", mode="before")
     @classmethod
@@ -195,6 +245,16 @@ class Settings(BaseSettings):
             yield name, maybe_sanitize_url(value) if name in URL_FIELDS and value else value
 
     @property
+    def tracking_url(self) -> str:
+        """The tracking store's URL: DATABASE_URL, else SQLite in EMAILQ_DATA_DIR."""
+        url = self.database_url or f"{SQLITE}emailq.sqlite3"
+        if url.startswith(SQLITE) and url != f"{SQLITE}:memory:":
+            path = Path(url.removeprefix(SQLITE))
+            if not path.is_absolute():
+                return f"{SQLITE}{self.data_dir / path}"
+        return url
+
+    @property
     def security(self) -> Security:
         """The SMTP security mode, explicit or from the port."""
         return self.smtp_security or PORT_SECURITY.get(self.smtp_port, "starttls")
@@ -229,15 +289,20 @@ def _describe(error: dict[str, Any]) -> str:
     shown = "" if not field or field in SECRET_FIELDS else f" (got {error.get('input')!r})"
     if ":" in message and message.split(":", 1)[0] in Settings.model_fields:
         field, message = (part.strip() for part in message.split(":", 1))
-    name = field.upper() or "settings"
+    name = ENV_NAMES.get(field, field.upper()) or "settings"
     return f"{name}: {message}{shown}"
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Build settings; validation errors become one ConfigurationError naming each variable."""
-    env_file = overrides.pop("_env_file", os.environ.get("EMAILQ_ENV_FILE", ".env"))
+    env_file = overrides.pop("_env_file", None) or os.environ.get("EMAILQ_ENV_FILE") or None
+    if env_file is not None:
+        path = Path(env_file).expanduser()
+        if str(path) != os.devnull and not path.is_file():
+            raise ConfigurationError(f"EMAILQ_ENV_FILE: no such file: {str(path)!r}")
+        env_file = path
     try:
-        return Settings(_env_file=Path(env_file), **overrides)
+        return Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
         lines = [_describe(e) for e in exc.errors(include_url=False)]
         raise ConfigurationError("invalid configuration: " + "; ".join(lines)) from None

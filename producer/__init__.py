@@ -1,7 +1,7 @@
-"""What applications import: ``from producer import enqueue_email, enqueue_bulk, InvalidEmail``."""
+"""What applications import: ``from emailq import enqueue_email, enqueue_bulk, InvalidEmail``."""
 
-from producer.bulk import BatchId, InvalidBatch, enqueue_bulk
-from producer.tasks import enqueue_email
-from worker.errors import InvalidEmail
+from emailq.core.errors import InvalidEmail
+from emailq.producer.bulk import BatchId, InvalidBatch, enqueue_bulk
+from emailq.producer.tasks import enqueue_email
 
 __all__ = ["BatchId", "InvalidBatch", "InvalidEmail", "enqueue_bulk", "enqueue_email"]

@@ -6,15 +6,15 @@ from typing import Any
 
 from celery.utils import uuid
 
-from config import get_settings
-from producer.validation import validate_job
-from worker import chunks
-from worker.errors import InvalidEmail
-from worker.job import EmailJob
-from worker.recorder import recorder
-from worker.store import redis_client
+from emailq.config import get_settings
+from emailq.core import events
+from emailq.core.errors import InvalidEmail
+from emailq.core.job import CHUNK_SIZE, EmailJob, chunk_item
+from emailq.core.keys import BATCH
+from emailq.core.store import redis_client
+from emailq.core.validation import validate_job
+from emailq.producer.tasks import send_many
 
-BATCH_PREFIX = "emailq:batch:"
 BATCH_TTL_S = 30 * 24 * 3600
 PUBLISH_BATCH = 100  # task messages per Redis pipeline: one round trip each
 
@@ -50,7 +50,7 @@ def _validate(
                 raise InvalidEmail(f"unknown key(s) {sorted(unknown)}")
             kwargs = {**common, "to": recipient["to"], "template": template,
                       "context": recipient.get("context") or {}, "batch_id": batch_id}  # fmt: skip
-            jobs.append(validate_job(kwargs, settings))
+            jobs.append(validate_job(kwargs, settings, read_files=True))
         except InvalidEmail as exc:
             to = recipient.get("to") if isinstance(recipient, Mapping) else recipient
             invalid[i] = f"{to!r}: {exc}"
@@ -72,23 +72,21 @@ def enqueue_bulk(
     ``skip_invalid=True`` the valid ones are sent and ``BatchId.skipped`` names the rest.
     ``common`` holds keywords shared by every message (``subject``, ``attachments``...).
     """
-    from producer.tasks import send_many
-
     batch_id = uuid()
     jobs, invalid = _validate(template, recipients, {**common, "priority": priority}, batch_id)
     if invalid and not skip_invalid:
         raise InvalidBatch(invalid)
     client = redis_client()
     client.hset(
-        BATCH_PREFIX + batch_id,
+        BATCH + batch_id,
         mapping={"total": len(jobs), "skipped": len(invalid), "created_at": time.time()},
     )
-    client.expire(BATCH_PREFIX + batch_id, BATCH_TTL_S)
+    client.expire(BATCH + batch_id, BATCH_TTL_S)
     job_ids = [uuid() for _ in jobs]
-    # Jobs travel in chunks (one task per ``chunks.SIZE`` jobs, each job keeping its id),
+    # Jobs travel in chunks (one task per ``CHUNK_SIZE`` jobs, each job keeping its id),
     # and kombu's publish batch pipelines the chunks' LPUSHes.
-    entries = [chunks.entry(job_id, job) for job_id, job in zip(job_ids, jobs, strict=True)]
-    chunked = [entries[i : i + chunks.SIZE] for i in range(0, len(entries), chunks.SIZE)]
+    entries = [chunk_item(job_id, job) for job_id, job in zip(job_ids, jobs, strict=True)]
+    chunked = [entries[i : i + CHUNK_SIZE] for i in range(0, len(entries), CHUNK_SIZE)]
     with send_many.app.producer_or_acquire() as producer:
         for start in range(0, len(chunked), PUBLISH_BATCH):
             with producer.batch(max_size=PUBLISH_BATCH):
@@ -97,17 +95,13 @@ def enqueue_bulk(
                         kwargs={"jobs": chunk}, queue=priority, producer=producer,
                         kwargsrepr=repr({"batch_id": batch_id, "jobs": len(chunk)}),
                     )  # fmt: skip
-    track = recorder()
-    for job_id, job in zip(job_ids, jobs, strict=True):
-        track.emit("queued", job_id, job.tracking_info())
+    pairs = zip(job_ids, jobs, strict=True)
+    queued = [events.event("queued", job_id, job.tracking_info()) for job_id, job in pairs]
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, len(queued), PUBLISH_BATCH):
+        events.push(pipe, queued[start : start + PUBLISH_BATCH])
+    pipe.execute()
     result = BatchId(batch_id)
     result.job_ids = job_ids
     result.skipped = invalid
     return result
-
-
-def batch_info(batch_id: str) -> dict[str, Any] | None:
-    raw = redis_client().hgetall(BATCH_PREFIX + batch_id)
-    if not raw:
-        return None
-    return {k.decode(): float(v) if k == b"created_at" else int(v) for k, v in raw.items()}

@@ -1,17 +1,16 @@
 """The article's use cases, ready to call: verification links, alerts with a cooldown."""
 
-from datetime import UTC, datetime
 from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
-from config import get_settings
-from producer.tasks import enqueue_email
-from worker.errors import ConfigurationError, EmailQError
-from worker.store import redis_client
+from emailq.config import get_settings
+from emailq.core.alerts import alert_job, cooling_down
+from emailq.core.errors import ConfigurationError, EmailQError
+from emailq.core.store import redis_client
+from emailq.producer.tasks import enqueue_email
 
 VERIFY_SALT = "emailq.verify-email"  # separates these tokens from anything else signed
-COOLDOWN_PREFIX = "emailq:cooldown:"
 
 
 class InvalidToken(EmailQError, ValueError):
@@ -25,7 +24,9 @@ class TokenExpired(InvalidToken):
 def _serializer() -> URLSafeTimedSerializer:
     secret = get_settings().secret_key
     if secret is None:
-        raise ConfigurationError("SECRET_KEY must be set to sign verification links")
+        raise ConfigurationError(
+            "EMAILQ_SECRET_KEY (or SECRET_KEY) must be set to sign verification links"
+        )
     return URLSafeTimedSerializer(secret.get_secret_value(), salt=VERIFY_SALT)
 
 
@@ -59,16 +60,14 @@ def send_alert(
 ) -> Any | None:  # fmt: skip
     """A high-priority alert, at most once per check and host within the cooldown.
 
-    The cooldown is one atomic Redis key shared by every worker and host, so two
-    monitors seeing the same problem at the same moment send one email, not two.
     Returns the job's AsyncResult, or None when the alert is cooling down.
     """
-    cooldown = get_settings().alert_cooldown_s if cooldown_s is None else cooldown_s
-    if not redis_client().set(f"{COOLDOWN_PREFIX}{check}:{host}", "1", nx=True, ex=cooldown):
+    settings = get_settings()
+    cooldown = settings.alert_cooldown_s if cooldown_s is None else cooldown_s
+    if cooling_down(redis_client(), check, host, cooldown):
         return None
-    context = {
-        "check": check, "host": host, "value": value, "threshold": threshold,
-        "severity": severity, "cooldown_minutes": cooldown // 60,
-        "detected_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-    }  # fmt: skip
-    return enqueue_email.delay(to=to, template="alert", context=context, priority="high")
+    job = alert_job(
+        check, host, value, threshold, to=to, cooldown_s=cooldown, severity=severity,
+        settings=settings,
+    )  # fmt: skip
+    return enqueue_email.publish(job)

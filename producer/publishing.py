@@ -1,30 +1,40 @@
 """``EmailTask``: validate, de-duplicate, route by priority, park delays, then publish."""
 
-import time
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Task
 from celery.utils import uuid
 
-from config import get_settings
-from producer.validation import validate_job
-from worker import delayed
-from worker.errors import InvalidEmail
-from worker.job import EmailJob
-from worker.recorder import recorder
-from worker.store import redis_client
+from emailq.config import get_settings
+from emailq.core import delayed, events
+from emailq.core.errors import InvalidEmail
+from emailq.core.job import EmailJob
+from emailq.core.keys import IDEMPOTENCY
+from emailq.core.store import redis_client
+from emailq.core.validation import validate_job
 
-IDEMPOTENCY_PREFIX = "emailq:idempotency:"
+DIRECT_CALL = (
+    "enqueue_email(...) only queues a job: call enqueue_email.delay(...) or "
+    "enqueue_email.apply_async(kwargs=...); a worker (celery -A emailq.worker worker) sends it"
+)
 
 
 class EmailTask(Task):
-    """A task whose ``apply_async`` refuses bad input before anything is published."""
+    """A publish-only task: ``apply_async`` refuses bad input before anything is published.
+
+    Its body never runs here: the worker registers the real one under the same name.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(DIRECT_CALL)
+
+    def apply(self, *args: Any, **kwargs: Any) -> Any:  # Celery's local, eager execution
+        raise TypeError(DIRECT_CALL)
 
     def apply_async(self, args=None, kwargs=None, task_id=None, **options):  # noqa: D102
         if args:
             raise InvalidEmail("enqueue_email takes keyword arguments only")
-        job = validate_job(kwargs or {}, get_settings())
+        job = validate_job(kwargs or {}, get_settings(), read_files=True)
         return self.publish(job, task_id=task_id, **options)
 
     def publish(self, job: EmailJob, *, task_id: str | None = None, **options: Any) -> Any:
@@ -36,53 +46,28 @@ class EmailTask(Task):
                 return self.AsyncResult(first)
         options.setdefault("queue", job.priority)  # the queues are named after the priorities
         options.setdefault("kwargsrepr", repr(job.summary()))  # what Flower shows: no bodies
-        due = _due(options.pop("countdown", None), options.pop("eta", None))
+        due = delayed.due_at(options.pop("countdown", None), options.pop("eta", None))
         try:
             if due is not None:
-                result = self._park(job, task_id, due, options)
+                delayed.park(
+                    redis_client(), task_id=task_id, kwargs=job.to_dict(), queue=options["queue"],
+                    due=due, expires=options.get("expires"),
+                )  # fmt: skip
+                result = self.AsyncResult(task_id)
             else:
                 result = super().apply_async(kwargs=job.to_dict(), task_id=task_id, **options)
         except BaseException:
             if job.idempotency_key:
                 release_idempotency_key(job.idempotency_key, task_id)
             raise
-        if not options.get("retries"):
-            recorder().emit("queued", result.id, job.tracking_info())
+        events.push(redis_client(), [events.event("queued", result.id, job.tracking_info())])
         return result
-
-    def _park(self, job: EmailJob, task_id: str, due: float, options: dict) -> Any:
-        entry = {
-            "task_id": task_id,
-            "kwargs": job.to_dict(),
-            "queue": options["queue"],
-            "retries": options.get("retries", 0),
-            "expires": _expires_at(options.get("expires"), due),
-        }
-        delayed.park(redis_client(), entry, due)
-        return self.AsyncResult(task_id)
-
-
-def _due(countdown: float | None, eta: datetime | str | None) -> float | None:
-    if eta is not None:
-        return (datetime.fromisoformat(eta) if isinstance(eta, str) else eta).timestamp()
-    if countdown:
-        return time.time() + float(countdown)
-    return None
-
-
-def _expires_at(expires: float | datetime | str | None, due: float) -> str | None:
-    """Celery's ``expires`` as an absolute time, so a parked job keeps its deadline."""
-    if expires is None:
-        return None
-    if isinstance(expires, int | float):  # seconds from now, as Celery counts them
-        return (datetime.now(UTC) + timedelta(seconds=expires)).isoformat()
-    return expires.isoformat() if isinstance(expires, datetime) else expires
 
 
 def claim_idempotency_key(key: str, task_id: str) -> str:
     """The job id that owns ``key``: ``task_id`` if it is the first within the window."""
     client = redis_client()
-    name = IDEMPOTENCY_PREFIX + key
+    name = IDEMPOTENCY + key
     window = int(get_settings().idempotency_window_s)
     if client.set(name, task_id, nx=True, ex=window):
         return task_id
@@ -92,6 +77,6 @@ def claim_idempotency_key(key: str, task_id: str) -> str:
 
 def release_idempotency_key(key: str, task_id: str) -> None:
     client = redis_client()
-    name = IDEMPOTENCY_PREFIX + key
+    name = IDEMPOTENCY + key
     if (client.get(name) or b"").decode() == task_id:
         client.delete(name)

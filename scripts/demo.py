@@ -84,7 +84,7 @@ def private_redis(stack: ExitStack) -> str:
 
 
 def choose_redis(stack: ExitStack) -> str:
-    from config import load_settings
+    from emailq.config import load_settings
 
     url = load_settings().redis_url
     if not answers(url):
@@ -132,17 +132,17 @@ def start_worker(stack: ExitStack, redis_url: str, sink_port: int) -> None:
         "EMAIL_FROM": "Acme Notifications <notifications@example.com>",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "high,normal",
+        [sys.executable, "-m", "celery", "-A", "emailq.worker", "worker", "-Q", "high,normal",
          "-c", "4", "-n", f"demo-{os.getpid()}@%h", "--loglevel=INFO"],
         cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     stack.callback(stop, process)
     wait_until(lambda: " ready." in log.read_text(errors="replace"), "the worker", timeout=60)
-    console.print("Worker ready (celery -A worker worker -Q high,normal).")
+    console.print("Worker ready (celery -A emailq.worker worker -Q high,normal).")
 
 
 def enqueue_mix() -> list[tuple]:
-    from producer import enqueue_email
+    from emailq.producer import enqueue_email
 
     report = VAR / "demo-report.csv"
     report.write_text("service,uptime\napi,99.98%\nworker,99.95%\n")

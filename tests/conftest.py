@@ -16,6 +16,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Settings are read once per process; set the environment before anything imports them.
     global _session_redis
     os.environ["EMAILQ_ENV_FILE"] = os.devnull
+    os.environ["EMAILQ_DATA_DIR"] = tempfile.mkdtemp(prefix="emailq-data-")
     tracking = Path(tempfile.mkdtemp(prefix="emailq-tracking-")) / "tracking.sqlite3"
     os.environ["DATABASE_URL"] = f"sqlite:///{tracking}"
     os.environ["SECRET_KEY"] = "test-secret-key-for-verification-links"

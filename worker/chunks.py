@@ -2,51 +2,53 @@
 
 Each job keeps its own id, ledger entry, Message-ID and tracking; only Celery's
 per-task cost (fetch, events, result, ack) is shared. A job that does not go out
-leaves the chunk: it is handed to the single-job task with the delay its error calls
-for, or dead-lettered, so one bad address never holds up or repeats the others.
+leaves the chunk as ``emailq.worker.retry.decide`` says: handed to the single-job
+task with its delay, or dead-lettered, so one bad address never holds up or repeats
+the others. When Redis stops answering, the chunk stops: the jobs from the one that
+met the outage on go back together, and the ledger skips any that already went out.
 """
 
 import logging
-import math
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
-import redis
-from kombu.exceptions import OperationalError
+from celery.utils import uuid
 
-from worker.delivery import deliver, shared
-from worker.errors import ConfigurationError, JobBusy, RateLimited, TransientError
-from worker.job import EmailJob
+from emailq.config import Settings
+from emailq.core.errors import InvalidEmail
+from emailq.core.job import EmailJob
+from emailq.worker.delivery import deliver, shared
+from emailq.worker.retry import Decision, decide
 
 log = logging.getLogger(__name__)
 
 # How often a chunk on the normal queue asks whether alerts are waiting; when they are,
-# it stops and hands its remaining jobs back, so its thread is free for the alert.
+# the chunk stops between two jobs and queues the rest behind the alert.
 YIELD_CHECK_S = 0.05
-SIZE = 25  # jobs per chunk: one SMTP session's worth (MAX_MESSAGES_PER_CONNECTION)
-# Infrastructure down: the whole chunk is retried; the ledger skips what already went out.
-INFRASTRUCTURE = (redis.RedisError, OperationalError)
 
-HandOff = Callable[..., Any]  # hand_off(job_id, payload, countdown=, retries=, exc=)
-DeadLetter = Callable[..., Any]  # dead_letter(job_id, payload, exc, traceback=)
+HandOff = Callable[[str, dict, Decision, Exception], Any]  # hand_off(job_id, payload, ...)
+DeadLetter = Callable[..., Any]  # dead_letter(job_id, payload, exc, reason=, traceback=)
 
 
-def entry(job_id: str, job: EmailJob) -> dict[str, Any]:
-    """One job as a chunk carries it."""
-    return {"id": job_id, "job": job.to_dict()}
+class Interrupted(Exception):
+    """Redis or the database stopped answering mid-chunk; ``left`` holds the jobs not settled."""
+
+    def __init__(self, error: Exception, left: list[Any]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.left = left
 
 
 def deliver_chunk(
-    jobs: list[dict[str, Any]],
+    jobs: list[Any],
     *,
-    settings: Any,
-    backoff: Callable[[int], int],
+    settings: Settings,
     hand_off: HandOff,
     dead_letter: DeadLetter,
     should_yield: Callable[[], bool] | None = None,
-) -> tuple[dict[str, int], list[dict[str, Any]]]:
+) -> tuple[dict[str, int], list[Any]]:
     """Send the jobs in order; returns counts (sent, handed off, dead) and the jobs left.
 
     Jobs are left only when ``should_yield`` said so between two jobs (checked at most
@@ -60,36 +62,38 @@ def deliver_chunk(
             checked = time.monotonic()
             if should_yield():
                 return counts, jobs[index:]
+        if not _well_formed(item):  # from Redis: untrusted; settled alone, never stops the rest
+            error = InvalidEmail("malformed chunk item: expected {'id': str, 'job': object}")
+            dead_letter(uuid(), item, error, reason="invalid", traceback=None)
+            counts["dead"] += 1
+            continue
         job_id, payload = item["id"], item["job"]
         try:
+            job = EmailJob.from_dict(payload)
             deliver(
-                EmailJob.from_dict(payload), job_id=job_id, sender=sender, ledger=ledger,
-                settings=settings, limiter=limiter,
+                job, job_id=job_id, sender=sender, ledger=ledger, settings=settings,
+                limiter=limiter,
             )  # fmt: skip
             counts["sent"] += 1
-        except INFRASTRUCTURE:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every other outcome is settled per job
-            countdown = _countdown(exc, backoff)
-            if countdown is None:
-                dead_letter(job_id, payload, exc, traceback=traceback.format_exc())
+        except Exception as exc:  # noqa: BLE001 - every outcome is settled by the one decision
+            decision = decide(exc, retries=0, settings=settings)
+            if decision.action == "wait":
+                raise Interrupted(exc, jobs[index:]) from exc
+            if decision.action == "dead":
+                dead_letter(
+                    job_id, payload, exc, reason=decision.reason, traceback=traceback.format_exc()
+                )
                 counts["dead"] += 1
             else:
-                retries = 1 if isinstance(exc, TransientError) else 0
-                hand_off(job_id, payload, countdown=countdown, retries=retries, exc=exc)
+                hand_off(job_id, payload, decision, exc)
                 counts["handed_off"] += 1
     return counts, []
 
 
-def _countdown(exc: Exception, backoff: Callable[[int], int]) -> int | None:
-    """Seconds until the job's next try, or None when it is dead (permanent, lost, a bug)."""
-    match exc:
-        case TransientError():
-            return backoff(1)
-        case JobBusy():
-            return 30
-        case RateLimited():
-            return math.ceil(exc.wait_s)
-        case ConfigurationError():
-            return backoff(getattr(exc, "attempts", 1))
-    return None
+def _well_formed(item: Any) -> bool:
+    return (
+        isinstance(item, dict)
+        and isinstance(item.get("id"), str)
+        and 0 < len(item["id"]) <= 64
+        and isinstance(item.get("job"), dict)
+    )

@@ -5,7 +5,7 @@ import smtplib
 import socket
 import ssl
 
-from worker.errors import (
+from emailq.core.errors import (
     AuthenticationFailed,
     ConfigurationError,
     DeliveryError,

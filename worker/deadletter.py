@@ -1,8 +1,9 @@
 """The dead-letter queue: a broker queue named ``dead_letter`` that no worker consumes.
 
 Each entry holds the job id and the full original job, the reason it died
-(``permanent``, ``exhausted``, ``invalid`` or ``crashed``), the last SMTP reply,
-every attempt with its time, and the recipients that did not get the message.
+(``permanent``, ``exhausted``, ``invalid`` or ``crashed``; ``emailq.worker.retry``
+decides which), the last SMTP reply, every attempt with its time, and the
+recipients that did not get the message.
 """
 
 import base64
@@ -18,24 +19,36 @@ import redis
 from celery import Celery
 from kombu import Queue
 
-from worker.errors import InvalidEmail, PermanentError, TransientError
-from worker.ledger import JobState
+from emailq.core.errors import InvalidEmail
+from emailq.core.keys import DEAD_LETTER
+from emailq.worker.delivery import shared
+from emailq.worker.ledger import JobState
+from emailq.worker.recorder import recorder
 
 log = logging.getLogger(__name__)
 
-QUEUE = Queue("dead_letter", routing_key="dead_letter")
+QUEUE = Queue(DEAD_LETTER, routing_key=DEAD_LETTER)
 REASONS = ("permanent", "exhausted", "invalid", "crashed")
 
 
-def reason_for(exc: BaseException | None) -> str:
-    match exc:
-        case InvalidEmail():
-            return "invalid"
-        case PermanentError():
-            return "permanent"
-        case TransientError():
-            return "exhausted"  # Celery re-raises the last transient error once retries run out
-    return "crashed"
+def bury(
+    app: Celery, job_id: str, job: Any, exc: BaseException | None, *, reason: str,
+    traceback: str | None = None,
+) -> None:  # fmt: skip
+    """Put the job in the dead-letter queue and record it as dead."""
+    job = job if isinstance(job, dict) else {"malformed": repr(job)[:2000]}
+    ledger = shared()[1]
+    state = ledger.state(job_id)
+    entry = make_entry(job_id, job, exc, state, reason=reason, traceback=traceback)
+    try:
+        publish(app, entry)
+    except Exception:  # noqa: BLE001 - the broker is gone: the log is the last place left
+        log.critical("job %s: dead-letter publish failed; entry: %r", job_id, entry)
+        raise
+    ledger.record(job_id, state, final="dead")
+    track = recorder()
+    track.emit("dead", job_id, job, attempts=len(state.attempts), last_error=entry["error"])
+    log.error("job %s dead-lettered (%s): %s", job_id, reason, entry["error"])
 
 
 def make_entry(
@@ -44,6 +57,7 @@ def make_entry(
     exc: BaseException | None,
     state: JobState,
     *,
+    reason: str,
     traceback: str | None = None,
 ) -> dict[str, Any]:
     failed = {r: list(reply) for r, reply in state.failed.items()}
@@ -55,20 +69,20 @@ def make_entry(
     return {
         "job_id": job_id,
         "job": job,
-        "reason": reason_for(exc),
+        "reason": reason,
         "error": f"{type(exc).__name__}: {exc}" if exc else None,
         "smtp_code": getattr(exc, "smtp_code", None),
         "smtp_text": getattr(exc, "smtp_text", None),
         "attempts": state.attempts,
         "failed_recipients": failed,
         "delivered_recipients": sorted(state.delivered),
-        "traceback": traceback if reason_for(exc) == "crashed" else None,
+        "traceback": traceback if reason == "crashed" else None,
         "dead_at": time.time(),
     }
 
 
 def _recipients(job: dict[str, Any]) -> list[str]:
-    values = [v for k in ("to", "cc", "bcc") for v in job.get(k) or ()]
+    values = [v for k in ("to", "cc", "bcc") for v in job.get(k) or () if isinstance(v, str)]
     return [addr for _, addr in getaddresses(values) if addr]
 
 

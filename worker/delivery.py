@@ -1,29 +1,32 @@
-"""Deliver one job: consult the ledger, send to whoever still needs it, record the outcome.
+"""Deliver one job in three steps: send to whoever still needs it, judge the outcome, record it.
 
-No Celery in here: the task turns what this raises into a retry or a dead letter.
+No Celery in here: the task turns what this raises into a retry, a deferral or a
+dead letter (``emailq.worker.retry``). ``judge_result`` and ``judge_error`` are pure,
+so the outcome logic is tested without a worker, an SMTP server or Redis.
 """
 
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from config import Settings, get_settings
-from worker.classify import classify, classify_reply
-from worker.errors import (
+from emailq.config import Settings, get_settings
+from emailq.core.errors import (
     ConfigurationError,
     JobBusy,
     PermanentError,
     RateLimited,
     TransientError,
 )
-from worker.job import EmailJob
-from worker.ledger import JobState, Ledger
-from worker.ratelimit import RateLimiter, limiter_for
-from worker.recorder import recorder
-from worker.sender import SMTPSender
-from worker.store import redis_client
-from worker.wire import message_bytes
+from emailq.core.job import EmailJob
+from emailq.core.store import redis_client
+from emailq.worker.classify import classify, classify_reply
+from emailq.worker.ledger import JobState, Ledger
+from emailq.worker.ratelimit import RateLimiter, limiter_for
+from emailq.worker.recorder import recorder
+from emailq.worker.sender import SendResult, SMTPSender
+from emailq.worker.wire import message_bytes
 
 log = logging.getLogger(__name__)
 
@@ -31,23 +34,27 @@ log = logging.getLogger(__name__)
 # what kills the worker); it goes to the dead-letter queue instead of looping.
 MAX_LOST_STARTS = 3
 
+Reply = tuple[int, str]
+
 
 class WorkerLost(Exception):
     """The job's workers died mid-send too often; it is dead-lettered as crashed."""
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt achieved, and what to raise once it is recorded."""
+
+    attempt: dict[str, Any]  # the attempt as the ledger and the tracking store keep it
+    delivered: tuple[str, ...] = ()  # accepted by the server in this attempt
+    failed: dict[str, Reply] = field(default_factory=dict)  # refused for good in this attempt
+    final: str | None = None  # "sent" once every recipient has the message
+    error: Exception | None = None  # raised after recording; None means done
+
+
 def lock_ttl_s(settings: Settings) -> int:
     # One send is at most a handful of SMTP commands, each bounded by the timeout.
     return int(max(60, 10 * settings.smtp_timeout_s))
-
-
-def _report(job_id: str, sender_domain: str, state: JobState, **extra: Any) -> dict[str, Any]:
-    return {
-        "message_id": f"<{job_id}@{sender_domain}>",
-        "accepted": sorted(state.delivered),
-        "refused": {r: list(reply) for r, reply in state.failed.items()},
-        **extra,
-    }
 
 
 def deliver(
@@ -66,105 +73,129 @@ def deliver(
     ``JobBusy`` (another worker holds the job), ``RateLimited`` or ``WorkerLost``.
     """
     from_ = settings.sender
-    info = job.tracking_info()
     token, state = ledger.begin(job_id, lock_ttl_s=lock_ttl_s(settings))
     if token is None:
         raise JobBusy(f"job {job_id} is being delivered by another worker")
-    done = False
+    recorded = False
     try:
         if state.final is not None:
             log.info("job %s already %s; skipping the duplicate delivery", job_id, state.final)
-            return _report(job_id, from_.domain, state, duplicate=True)
+            return report(job_id, from_.domain, state, duplicate=True)
         if state.unrecorded_starts > MAX_LOST_STARTS:
             raise WorkerLost(f"job {job_id}: {state.unrecorded_starts - 1} workers died sending it")
         pending = [r for r in job.recipients if r not in state.delivered and r not in state.failed]
         if limiter is not None and (wait := limiter.acquire(cost=len(pending))) is not None:
             ledger.defer(job_id, token)
-            done = True
+            recorded = True
             raise RateLimited(wait)
-        track = recorder()
-        track.emit("sending", job_id, info, attempts=len(state.attempts))
+        info = job.tracking_info()
+        recorder().emit("sending", job_id, info, attempts=len(state.attempts))
         message = message_bytes(job, job_id=job_id, sender=from_)
         try:
             result = sender.send(message, sender=from_.addr_spec, recipients=pending)
         except Exception as exc:
-            error = classify(exc)
-            if error is None:
+            outcome = judge_error(exc, pending, attempts=len(state.attempts) + 1)
+            if outcome is None:
                 raise  # a bug: dead-lettered as crashed, with its traceback
-            failed = _failed(error, pending)
-            attempt = _attempt(error, pending, outcome=_outcome(error))
-            ledger.record(job_id, state, failed=failed, token=token, attempt=attempt)
-            track.emit("attempt", job_id, **attempt)
-            done = True
-            if isinstance(error, ConfigurationError):
-                error.attempts = len(state.attempts)  # type: ignore[attr-defined]
-            raise error from exc
-
-        transient, permanent = {}, {}
-        for rcpt, (code, text) in result.refused.items():
-            kind = classify_reply(code, text, stage="rcpt")
-            (permanent if kind is PermanentError else transient)[rcpt] = (code, text)
-            log.warning("job %s: recipient %s refused: %s %s", job_id, rcpt, code, text)
-        clean = not transient and not permanent and not state.failed
-        attempt = {
-            "outcome": "sent" if clean else "partial",
-            "smtp_code": result.reply[0],
-            "smtp_text": result.reply[1],
-            "recipients": list(result.accepted),
-            "refused": {r: list(v) for r, v in result.refused.items()},
-        }
-        ledger.record(
-            job_id, state, delivered=list(result.accepted), failed=permanent, token=token,
-            final="sent" if clean else None, attempt=attempt,
-        )  # fmt: skip
-        done = True
-        track.emit("attempt", job_id, **attempt)
-        if clean:
-            track.emit("sent", job_id, info, attempts=len(state.attempts))
-        log.info(
-            "job %s sent to %d recipient(s), %d refused: %s %s",
-            job_id, len(result.accepted), len(result.refused), *result.reply,
-        )  # fmt: skip
-        if transient:
-            code, text = next(iter(transient.values()))
-            raise TransientError(
-                f"{len(transient)} recipient(s) deferred", smtp_code=code, smtp_text=text,
-                recipients=transient,
+            if outcome.error is not exc:
+                outcome.error.__cause__ = exc  # type: ignore[union-attr]
+        else:
+            outcome = judge_result(result, earlier_failed=state.failed)
+            log.info(
+                "job %s sent to %d recipient(s), %d refused: %s %s",
+                job_id, len(result.accepted), len(result.refused), *result.reply,
             )  # fmt: skip
-        if state.failed:
-            code, text = next(iter(state.failed.values()))
-            raise PermanentError(
-                f"{len(state.failed)} recipient(s) refused permanently",
-                smtp_code=code, smtp_text=text, recipients=dict(state.failed),
-            )  # fmt: skip
-        return _report(job_id, from_.domain, state, sent_at=time.time())
+        record(outcome, job_id=job_id, state=state, ledger=ledger, token=token, info=info)
+        recorded = True
+        if outcome.error is not None:
+            raise outcome.error
+        return report(job_id, from_.domain, state, sent_at=time.time())
     finally:
-        if not done:
+        if not recorded:
             ledger.release(job_id, token)
 
 
-def _outcome(error: Exception) -> str:
+def judge_result(result: SendResult, *, earlier_failed: dict[str, Reply]) -> Outcome:
+    """The outcome of a send the server took: who has it, who was refused, what comes next."""
+    transient: dict[str, Reply] = {}
+    permanent: dict[str, Reply] = {}
+    for rcpt, (code, text) in result.refused.items():
+        kind = classify_reply(code, text, stage="rcpt")
+        (permanent if kind is PermanentError else transient)[rcpt] = (code, text)
+    clean = not transient and not permanent and not earlier_failed
+    attempt = {
+        "outcome": "sent" if clean else "partial",
+        "smtp_code": result.reply[0],
+        "smtp_text": result.reply[1],
+        "recipients": list(result.accepted),
+        "refused": {r: list(v) for r, v in result.refused.items()},
+    }
+    error: Exception | None = None
+    if transient:
+        code, text = next(iter(transient.values()))
+        error = TransientError(
+            f"{len(transient)} recipient(s) deferred", smtp_code=code, smtp_text=text,
+            recipients=transient,
+        )  # fmt: skip
+    elif permanent or earlier_failed:
+        refused = {**earlier_failed, **permanent}
+        code, text = next(iter(refused.values()))
+        error = PermanentError(
+            f"{len(refused)} recipient(s) refused permanently",
+            smtp_code=code, smtp_text=text, recipients=refused,
+        )  # fmt: skip
+    return Outcome(attempt, tuple(result.accepted), permanent, "sent" if clean else None, error)
+
+
+def judge_error(exc: BaseException, pending: list[str], *, attempts: int) -> Outcome | None:
+    """The outcome of a send that raised; None when the error is a bug, not a delivery failure."""
+    error = classify(exc)
+    if error is None:
+        return None
     if isinstance(error, ConfigurationError):
-        return "configuration"
-    return "permanent" if isinstance(error, PermanentError) else "transient"
-
-
-def _failed(error: Exception, pending: list[str]) -> dict[str, tuple[int, str]]:
-    """Recipients that can never get this message, by a permanent refusal."""
-    if not isinstance(error, PermanentError):
-        return {}
-    if error.recipients:
-        return dict(error.recipients)
-    return {r: (error.smtp_code or 0, error.smtp_text or str(error)) for r in pending}
-
-
-def _attempt(error: Exception, pending: list[str], *, outcome: str) -> dict[str, Any]:
-    return {
-        "outcome": outcome,
+        error.attempts = attempts  # type: ignore[attr-defined] - spaces out its deferrals
+        kind = "configuration"
+    else:
+        kind = "permanent" if isinstance(error, PermanentError) else "transient"
+    failed: dict[str, Reply] = {}
+    if isinstance(error, PermanentError):
+        failed = dict(error.recipients) or {
+            r: (error.smtp_code or 0, error.smtp_text or str(error)) for r in pending
+        }
+    attempt = {
+        "outcome": kind,
         "smtp_code": getattr(error, "smtp_code", None),
         "smtp_text": getattr(error, "smtp_text", None),
         "error": str(error),
         "recipients": pending,
+    }
+    return Outcome(attempt, failed=failed, error=error)
+
+
+def record(
+    outcome: Outcome, *, job_id: str, state: JobState, ledger: Ledger, token: str,
+    info: dict[str, Any],
+) -> None:  # fmt: skip
+    """Write the attempt to the ledger (releasing the lock), then to the tracking store."""
+    ledger.record(
+        job_id, state, delivered=list(outcome.delivered), failed=outcome.failed, token=token,
+        final=outcome.final, attempt=outcome.attempt,
+    )  # fmt: skip
+    track = recorder()
+    track.emit("attempt", job_id, **outcome.attempt)
+    if outcome.final == "sent":
+        track.emit("sent", job_id, info, attempts=len(state.attempts))
+    for rcpt, (code, text) in outcome.attempt.get("refused", {}).items():
+        log.warning("job %s: recipient %s refused: %s %s", job_id, rcpt, code, text)
+
+
+def report(job_id: str, sender_domain: str, state: JobState, **extra: Any) -> dict[str, Any]:
+    """The task's result: the Message-ID and who has the message."""
+    return {
+        "message_id": f"<{job_id}@{sender_domain}>",
+        "accepted": sorted(state.delivered),
+        "refused": {r: list(reply) for r, reply in state.failed.items()},
+        **extra,
     }
 
 

@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import html2text
 
-from worker.job import EmailJob
+from emailq.core.job import EmailJob
 
 
 def html_to_text(html: str) -> str:

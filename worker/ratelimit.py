@@ -10,7 +10,7 @@ from limits import RateLimitItem, parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from config import Settings
+from emailq.config import Settings
 
 
 class RateLimiter:

@@ -4,18 +4,23 @@ A background thread writes whatever accumulated every ``FLUSH_INTERVAL_S`` in on
 transaction, so tracking costs no database round trip per state change. A database
 outage delays tracking, never email; the Redis ledger stays the record of who got
 a message, and ``emailq status`` consults it too.
+
+The same thread moves the producers' "queued" events from Redis (``emailq.core.events``)
+into the store, so an application never opens the tracking database.
 """
 
 import atexit
 import logging
 import os
 import threading
-import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from config import get_settings
-from worker.tracking import TrackingStore, engine_for, ensure_schema
+from emailq.config import get_settings
+from emailq.core import events
+from emailq.core.store import redis_client
+from emailq.worker.tracking import TrackingStore, engine_for, ensure_schema
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +31,21 @@ MAX_BACKLOG = 200_000  # events kept through a database outage before the oldest
 # starve the background writer of the GIL; sharing the work keeps memory flat.
 HELP_AT = BATCH
 
+Source = Callable[[int], list[bytes]]  # source(count): up to count raw events from Redis
+
 
 class Recorder:
-    def __init__(self, store_factory=None) -> None:
+    def __init__(
+        self, store_factory: Callable[[], Any] | None = None, *, source: Source | None = None
+    ) -> None:
         self._store_factory = store_factory or default_store
         self._store: TrackingStore | None = None
-        self._events: deque[dict[str, Any]] = deque(maxlen=MAX_BACKLOG)
-        self._wake = threading.Event()
+        self._source = source
+        self._events: deque[dict[str, Any]] = deque()
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._healthy = True
+        self.dropped = 0  # events given up over the recorder's life, the oldest first
         self._thread = threading.Thread(target=self._run, name="emailq-tracking", daemon=True)
         self._thread.start()
         self.pid = os.getpid()
@@ -43,19 +53,48 @@ class Recorder:
     def emit(
         self, kind: str, job_id: str, job: dict[str, Any] | None = None, **fields: Any
     ) -> None:
-        event = {"kind": kind, "job_id": job_id, "at": time.time(), **fields}
-        if job is not None:
-            event.update(
-                recipients=_recipients(job), subject=job.get("subject", ""),
-                priority=job.get("priority", "normal"),
-                idempotency_key=job.get("idempotency_key"), batch_id=job.get("batch_id"),
-            )  # fmt: skip
-        self._events.append(event)
+        self._append([events.event(kind, job_id, job, **fields)])
         if len(self._events) > HELP_AT and self._healthy and self._lock.acquire(blocking=False):
             try:  # never while the database is down: a send must not wait for it
                 self._write_batch()
             finally:
                 self._lock.release()
+
+    def _append(self, new: list[dict[str, Any]]) -> None:
+        self._events.extend(new)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Past ``MAX_BACKLOG``, drop the oldest events: the newest say the most."""
+        over = len(self._events) - MAX_BACKLOG
+        if over <= 0:
+            return
+        for _ in range(over):
+            self._events.popleft()
+        before, self.dropped = self.dropped, self.dropped + over
+        if before == 0 or before // BATCH != self.dropped // BATCH:  # log once per batch's worth
+            log.warning(
+                "tracking store unavailable: %d oldest events dropped so far (backlog %d)",
+                self.dropped, MAX_BACKLOG,
+            )  # fmt: skip
+
+    def drain(self) -> int:
+        """Move the producers' events from Redis into the queue; returns how many."""
+        if self._source is None:
+            return 0
+        moved = 0
+        while raw := self._source(BATCH):
+            parsed = []
+            for item in raw:
+                try:
+                    parsed.append(events.parse(item))
+                except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+                    log.warning("tracking event refused (%s): %.200r", exc, item)
+            self._append(parsed)
+            moved += len(raw)
+            if len(raw) < BATCH:
+                break
+        return moved
 
     def flush(self) -> bool:
         """Write everything queued so far; False if the database refused."""
@@ -73,6 +112,7 @@ class Recorder:
             self._store.apply(batch)
         except Exception as exc:  # noqa: BLE001 - any database failure: keep the events
             self._events.extendleft(reversed(batch))
+            self._trim()
             log.warning("tracking store unavailable, %d events kept: %s", len(self._events), exc)
             self._healthy = False
             return False
@@ -81,6 +121,11 @@ class Recorder:
 
     def _run(self) -> None:
         while not self._stopped.wait(FLUSH_INTERVAL_S):
+            try:
+                if self._healthy:  # while the database is down, producers' events wait in Redis
+                    self.drain()
+            except Exception as exc:  # noqa: BLE001 - Redis down: try again next tick
+                log.warning("tracking events could not be read from Redis: %s", exc)
             self.flush()
 
     def close(self) -> None:
@@ -89,14 +134,14 @@ class Recorder:
         self.flush()
 
 
-def _recipients(job: dict[str, Any]) -> list[str]:
-    return [*job.get("to", ()), *job.get("cc", ()), *job.get("bcc", ())]
-
-
 def default_store() -> TrackingStore:
-    engine = engine_for(get_settings().database_url)
+    engine = engine_for(get_settings().tracking_url)
     ensure_schema(engine)
     return TrackingStore(engine)
+
+
+def redis_source(count: int) -> list[bytes]:
+    return events.pop(redis_client(), count)
 
 
 _recorder: Recorder | None = None
@@ -108,6 +153,6 @@ def recorder() -> Recorder:
     global _recorder
     with _recorder_lock:
         if _recorder is None or _recorder.pid != os.getpid():
-            _recorder = Recorder()
+            _recorder = Recorder(source=redis_source)
             atexit.register(_recorder.close)
         return _recorder

@@ -13,8 +13,8 @@ from email import policy
 from email.message import EmailMessage
 from smtplib import quoteaddr
 
-from config import Settings
-from worker.errors import TLSVerificationError
+from emailq.config import Settings
+from emailq.core.errors import ConfigurationError, TLSVerificationError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,12 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
     """A verifying context: system CAs plus SMTP_CA_FILE. smtplib verifies nothing without one."""
     context = ssl.create_default_context()
     if settings.smtp_ca_file:
-        context.load_verify_locations(cafile=str(settings.smtp_ca_file))
+        try:
+            context.load_verify_locations(cafile=str(settings.smtp_ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"SMTP_CA_FILE: cannot load {str(settings.smtp_ca_file)!r}: {exc}"
+            ) from None
     return context
 
 

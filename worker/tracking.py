@@ -1,6 +1,6 @@
 """The delivery tracking store: one row per job, one per attempt (SQLAlchemy 2 Core).
 
-SQLite under ``var/`` by default, in WAL mode so several worker processes on one
+SQLite in ``EMAILQ_DATA_DIR`` by default, in WAL mode so several worker processes on one
 host can write; PostgreSQL through ``DATABASE_URL`` for several hosts. Writes come
 from a ``Recorder`` in batches, never from the sending path itself.
 """
@@ -115,8 +115,14 @@ class TrackingStore:
     def _upsert(self, kind: str):
         stmt = self._insert(jobs)
         new = stmt.excluded
-        if kind == "queued":  # a retry's or duplicate's "queued" never rewinds a job
-            return stmt.on_conflict_do_nothing(index_elements=[jobs.c.id])
+        if kind == "queued":
+            # A "queued" never rewinds a job: it reaches the store through Redis and can
+            # arrive after the worker's own events. It only corrects the creation time.
+            earliest = func.least if self.engine.dialect.name == "postgresql" else func.min
+            return stmt.on_conflict_do_update(
+                index_elements=[jobs.c.id],
+                set_={"created_at": earliest(jobs.c.created_at, new.created_at)},
+            )
         changes = {"status": new.status, "updated_at": new.updated_at}
         where = None
         if kind == "requeued":  # a replay reopens a dead job, unless a worker is already on it

@@ -16,8 +16,8 @@ from email import contentmanager, policy
 from email.headerregistry import Address
 from email.utils import format_datetime
 
-from worker.job import EmailJob
-from worker.message import _cte, build_message, html_to_text, message_id
+from emailq.core.job import EmailJob
+from emailq.worker.message import _cte, build_message, html_to_text, message_id
 
 MAX_LINE = policy.SMTP.max_line_length
 # Printable ASCII words separated by single spaces, and no encoded-word opener.

@@ -1,6 +1,6 @@
 """Bulk sends travel as chunks of jobs; each job still settles on its own.
 
-A chunk is one task carrying up to ``worker.chunks.SIZE`` jobs. These tests prove that
+A chunk is one task carrying up to ``worker.CHUNK_SIZE`` jobs. These tests prove that
 a refusal, a deferral or a killed worker inside a chunk touches only the job it
 concerns: the others are sent once, and the failing one retries or dead-letters
 exactly as a single job would.
@@ -9,10 +9,10 @@ exactly as a single job would.
 import asyncio
 import time
 
-from producer import enqueue_bulk
+from emailq.core.job import CHUNK_SIZE
+from emailq.producer import enqueue_bulk
+from emailq.worker.ledger import Ledger
 from tests.support.faults import FAST_RETRIES, dead_letters
-from worker import chunks
-from worker.ledger import Ledger
 
 WELCOME = {"product": "Acme", "verify_url": "https://acme.example/v", "valid_hours": 24}
 
@@ -23,7 +23,7 @@ def _recipients(addresses):
 
 def test_a_bulk_send_is_published_as_chunks_that_keep_every_job_id(session_redis):
     redis = session_redis.client()
-    addresses = [f"user{i}@example.com" for i in range(chunks.SIZE * 2 + 3)]
+    addresses = [f"user{i}@example.com" for i in range(CHUNK_SIZE * 2 + 3)]
 
     batch = enqueue_bulk(template="welcome", recipients=_recipients(addresses))
 
@@ -103,12 +103,12 @@ def test_a_chunk_whose_worker_is_killed_midway_resumes_without_resending(
 
 def test_a_bulk_chunk_steps_aside_for_an_alert_and_finishes_afterwards(smtp_server, start_worker):
     # Given one worker thread busy with a chunk of 25 slow sends
-    from producer import enqueue_email
+    from emailq.producer import enqueue_email
 
     handler = smtp_server.handler
     handler.rcpt_delay_s = 0.1
     start_worker(smtp_server, concurrency=1)
-    addresses = [f"bulk{i}@example.com" for i in range(chunks.SIZE)]
+    addresses = [f"bulk{i}@example.com" for i in range(CHUNK_SIZE)]
     enqueue_bulk(template="welcome", recipients=_recipients(addresses))
     handler.wait_for(2, timeout=30)
 

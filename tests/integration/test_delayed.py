@@ -1,4 +1,4 @@
-"""``worker.delayed`` (parked jobs and their mover) and ``worker.ledger`` against real Redis."""
+"""Parked jobs (``core.delayed``), their mover (``worker.mover``) and the ledger, on real Redis."""
 
 import threading
 import time
@@ -6,9 +6,10 @@ from collections import Counter
 
 import pytest
 
-from worker import delayed
-from worker.delayed import CLAIM_TIMEOUT_S, Mover, park
-from worker.ledger import Ledger
+from emailq.core import delayed
+from emailq.worker import mover as mover_module
+from emailq.worker.ledger import Ledger
+from emailq.worker.mover import CLAIM_TIMEOUT_S, Mover
 
 T0 = 1_700_000_000.0  # an explicit clock for move_due/recover
 
@@ -22,19 +23,28 @@ class Recorder:
         self._lock = threading.Lock()
 
     def __call__(self, entry: dict) -> None:
-        if entry["id"] in self.fail_on:
-            raise RuntimeError(f"broker refused {entry['id']}")
+        if entry["task_id"] in self.fail_on:
+            raise RuntimeError(f"broker refused {entry['task_id']}")
         with self._lock:
             self.entries.append(entry)
 
     @property
     def ids(self) -> list[str]:
         with self._lock:
-            return [e["id"] for e in self.entries]
+            return [e["task_id"] for e in self.entries]
 
 
 def entry(job_id: str) -> dict:
-    return {"id": job_id, "kwargs": {"to": f"{job_id}@example.com"}, "queue": "normal"}
+    return {"task_id": job_id, "kwargs": {"to": [f"{job_id}@example.com"]}, "queue": "normal"}
+
+
+def parked(job_id: str) -> dict:
+    """``entry(job_id)`` as the mover reads it back: with the defaults park() fills in."""
+    return {**entry(job_id), "task": "emailq.send", "retries": 0, "expires": None}
+
+
+def park(client, item: dict, due: float) -> None:
+    delayed.park(client, **item, due=due)
 
 
 @pytest.fixture
@@ -43,6 +53,29 @@ def client(session_redis):
 
 
 # Mover.move_due
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"task_id": "x"}',
+        b'{"task_id": "x", "kwargs": {}, "queue": "bulk"}',
+    ],
+)
+def test_a_malformed_entry_is_rejected_alone_and_the_others_go_out(client, raw):
+    published, rejected = Recorder(), []
+    mover = Mover(client, published, reject=lambda item, exc: rejected.append(item))
+    park(client, entry("a"), T0)
+    client.zadd(delayed.DELAYED, {raw: T0 - 1})  # sorts first, as a poisoned entry would
+    park(client, entry("b"), T0)
+
+    assert mover.move_due(now=T0) == 2
+
+    assert published.ids == ["a", "b"]
+    assert rejected == [raw]
+    assert delayed.pending(client) == 0
 
 
 def test_an_entry_is_not_published_before_its_due_time(client):
@@ -65,7 +98,9 @@ def test_an_entry_is_published_once_at_its_due_time(client):
     assert mover.move_due(now=T0 + 10) == 1
     assert mover.move_due(now=T0 + 20) == 0
 
-    assert published.entries == [entry("a")]
+    assert published.entries == [
+        {**entry("a"), "task": "emailq.send", "retries": 0, "expires": None}
+    ]
     assert delayed.pending(client) == 0
 
 
@@ -95,7 +130,7 @@ def test_only_the_entries_already_due_are_published(client):
 
 
 def test_one_move_due_call_moves_more_than_one_batch(client):
-    count = delayed.BATCH * 2 + 200  # 1200: two full batches and a partial one
+    count = mover_module.BATCH * 2 + 200  # 1200: two full batches and a partial one
     published = Recorder()
     mover = Mover(client, published)
     pipe = client.pipeline()
@@ -153,8 +188,8 @@ def test_an_entry_whose_publish_fails_stays_claimed_and_counted(client):
     with pytest.raises(RuntimeError, match="broker refused a"):
         mover.move_due(now=T0 + 1)
 
-    assert client.zcard(delayed.KEY) == 0
-    assert client.hlen(delayed.CLAIMED) == 1
+    assert client.zcard(delayed.DELAYED) == 0
+    assert client.hlen(delayed.DELAYED_CLAIMED) == 1
     assert delayed.pending(client) == 1
 
 
@@ -170,7 +205,7 @@ def test_a_failed_publish_is_not_retried_while_the_claim_is_fresh(client):
     assert mover.recover(now=T0 + 1 + CLAIM_TIMEOUT_S / 2) == 0
 
     assert published.entries == []
-    assert client.hlen(delayed.CLAIMED) == 1
+    assert client.hlen(delayed.DELAYED_CLAIMED) == 1
     assert delayed.pending(client) == 1
 
 
@@ -185,10 +220,12 @@ def test_recover_puts_a_stale_claim_back_and_a_later_move_publishes_it(client):
 
     assert mover.recover(now=later) == 1
 
-    assert client.hlen(delayed.CLAIMED) == 0
-    assert client.zcard(delayed.KEY) == 1
+    assert client.hlen(delayed.DELAYED_CLAIMED) == 0
+    assert client.zcard(delayed.DELAYED) == 1
     assert mover.move_due(now=later) == 1
-    assert published.entries == [entry("a")]
+    assert published.entries == [
+        {**entry("a"), "task": "emailq.send", "retries": 0, "expires": None}
+    ]
     assert delayed.pending(client) == 0
 
 
@@ -206,7 +243,7 @@ def test_recover_leaves_fresh_claims_alone_and_takes_only_stale_ones(client):
 
     assert mover.recover(now=now) == 1
 
-    assert client.hlen(delayed.CLAIMED) == 1
+    assert client.hlen(delayed.DELAYED_CLAIMED) == 1
     assert mover.move_due(now=now) == 1
     assert published.ids == ["old"]
     assert delayed.pending(client) == 1
@@ -246,7 +283,9 @@ def test_the_background_mover_publishes_an_entry_soon_after_it_is_due(client):
     finally:
         mover.stop()
 
-    assert published.entries == [entry("a")]
+    assert published.entries == [
+        {**entry("a"), "task": "emailq.send", "retries": 0, "expires": None}
+    ]
     assert delayed.pending(client) == 0
 
 
@@ -265,7 +304,7 @@ def test_the_background_mover_keeps_going_after_a_publish_fails(client):
         mover.stop()
 
     assert published.ids == ["good"]
-    assert client.hlen(delayed.CLAIMED) == 1  # "bad" waits for recover, not lost
+    assert client.hlen(delayed.DELAYED_CLAIMED) == 1  # "bad" waits for recover, not lost
 
 
 def test_stop_ends_the_background_thread(client):

@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from producer import enqueue_email
+from emailq.producer import enqueue_email
+from emailq.worker import deadletter
+from emailq.worker.app import app
 from tests.support.faults import FAST_RETRIES, dead_letters
-from worker import deadletter
-from worker.celery import app
 
 EMAILQ = str(Path(sys.executable).with_name("emailq"))
 

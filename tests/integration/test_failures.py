@@ -8,12 +8,13 @@ import time
 
 import pytest
 
-from producer import enqueue_email
+from emailq.core import delayed
+from emailq.core.errors import PermanentError
+from emailq.producer import enqueue_email
+from emailq.worker import deadletter
+from emailq.worker.app import app
 from tests.support.faults import FAST_RETRIES, dead_letters
 from tests.support.smtp import DROP
-from worker import deadletter, delayed
-from worker.celery import app
-from worker.errors import PermanentError
 
 
 @pytest.fixture
@@ -198,22 +199,23 @@ def test_a_malformed_payload_that_bypassed_the_producer_is_dead_lettered_as_inva
     assert smtp_server.messages == []
 
 
-def test_an_unexpected_exception_is_dead_lettered_as_crashed_with_its_traceback(
+def test_a_payload_of_the_wrong_shape_from_the_queue_is_dead_lettered_as_invalid(
     smtp_server, worker, session_redis
 ):
-    # A header value that is not a string gets past the wire decoder but breaks the builder
+    # Given a job published around the producer, with a header value that is not a string
     app.send_task(
         "emailq.send",
         kwargs={"to": ["ann@example.com"], "subject": "s", "text": "t", "headers": {"X-N": 5}},
         queue="normal",
     )
 
+    # Then the worker checks the payload's shape itself, and does not retry it
     [entry] = dead_letters(session_redis.client())
-    assert entry["reason"] == "crashed"
-    assert "Traceback" in entry["traceback"]
+    assert entry["reason"] == "invalid"
+    assert "headers" in entry["error"]
     assert smtp_server.messages == []
     time.sleep(2)
-    assert len(deadletter.read(session_redis.client())) == 1  # not retried
+    assert len(deadletter.read(session_redis.client())) == 1
 
 
 def test_a_retry_longer_than_the_visibility_timeout_sends_once(
@@ -262,7 +264,7 @@ def test_a_job_whose_workers_keep_dying_is_dead_lettered_as_crashed(
     smtp_server, worker, session_redis
 ):
     # Given a job that three workers already took and died with, lock expired each time
-    from worker.ledger import Ledger
+    from emailq.worker.ledger import Ledger
 
     ledger = Ledger(session_redis.client())
     job_id = "poison-job"

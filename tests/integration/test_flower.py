@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from producer import enqueue_email
+from emailq.producer import enqueue_email
 from tests.integration.test_tools import _wait_listening
 from tests.support import free_port
 from tests.support.worker import ROOT
@@ -32,7 +32,7 @@ def flower(session_redis):
     port = free_port()
     env = {**os.environ, "REDIS_URL": session_redis.url, "FLOWER_BASIC_AUTH": "admin:pw-123"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}",
+        [sys.executable, "-m", "celery", "-A", "emailq.worker", "flower", f"--port={port}",
          "--address=127.0.0.1"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -80,7 +80,7 @@ def test_flower_runs_open_only_with_the_explicit_development_flag(session_redis)
     env = {**os.environ, "REDIS_URL": session_redis.url, "FLOWER_INSECURE_NO_AUTH": "true"}
     env.pop("FLOWER_BASIC_AUTH", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}",
+        [sys.executable, "-m", "celery", "-A", "emailq.worker", "flower", f"--port={port}",
          "--address=127.0.0.1"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

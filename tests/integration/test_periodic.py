@@ -2,7 +2,7 @@
 
 import time
 
-from worker.celery import app
+from emailq.worker.app import app
 
 
 def test_monitoring_alerts_once_per_check_within_the_cooldown(smtp_server, start_worker):

@@ -2,7 +2,7 @@
 
 import json
 
-from producer import enqueue_email
+from emailq.producer import enqueue_email
 from tests.support import smtp
 
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from benchmarks.sink import Sink
-from config import Settings
+from emailq.config import Settings
+from emailq.worker.sender import SMTPSender
 from tests.integration.test_sender import make_message, make_settings, send
 from tests.support import free_port
 from tests.support.smtp import SMTPTestServer
-from worker.sender import SMTPSender
 
 MODES = [pytest.param(True, id="pipelined"), pytest.param(False, id="sequential")]
 Started = tuple[SMTPTestServer, Settings, SMTPSender]

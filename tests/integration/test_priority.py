@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from producer import enqueue_email
+from emailq.producer import enqueue_email
 
 BACKLOG = 3000
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from celery.result import AsyncResult
 
-from producer import InvalidEmail, enqueue_email
+from emailq.producer import InvalidEmail, enqueue_email
 
 GOOD = {"to": "ann@example.com", "subject": "Hello", "text": "body"}
 

@@ -2,7 +2,7 @@
 
 import time
 
-from producer import enqueue_email
+from emailq.producer import enqueue_email
 
 
 def test_a_pickled_job_is_refused_by_the_worker_and_not_sent(smtp_server, start_worker):

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from producer import InvalidBatch, enqueue_bulk, enqueue_email
-from producer.notifications import InvalidToken, send_alert, send_verification, verify_token
+from emailq.producer import InvalidBatch, enqueue_bulk, enqueue_email
+from emailq.producer.notifications import InvalidToken, send_alert, send_verification, verify_token
+from emailq.worker import deadletter
+from emailq.worker.ledger import Ledger
 from tests.support.faults import FAST_RETRIES
-from worker import deadletter
-from worker.ledger import Ledger
 
 EMAILQ = str(Path(sys.executable).with_name("emailq"))
 WELCOME = {"product": "Acme", "verify_url": "https://acme.example/v", "valid_hours": 24}

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 import trustme
 
-from config import Settings, load_settings
-from producer.validation import validate_job
+from emailq.config import Settings, load_settings
+from emailq.core.errors import ConfigurationError, TLSVerificationError
+from emailq.core.validation import validate_job
+from emailq.worker.message import build_message
+from emailq.worker.sender import SendResult, SMTPSender
 from tests.support import smtp
 from tests.support.smtp import SMTPTestServer
-from worker.errors import ConfigurationError, TLSVerificationError
-from worker.message import build_message
-from worker.sender import SendResult, SMTPSender
 
 _job_ids = itertools.count(1)
 

@@ -76,7 +76,7 @@ def test_demo_starts_a_private_redis_when_none_answers():
 
 def _flower(port: int, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}",
+        [sys.executable, "-m", "celery", "-A", "emailq.worker", "flower", f"--port={port}",
          "--address=127.0.0.1"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

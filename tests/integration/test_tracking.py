@@ -13,10 +13,10 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from producer import enqueue_email
+from emailq.producer import enqueue_email
+from emailq.worker.recorder import recorder
+from emailq.worker.tracking import engine_for, ensure_schema
 from tests.support.faults import FAST_RETRIES, dead_letters
-from worker.recorder import recorder
-from worker.tracking import engine_for, ensure_schema
 
 EMAILQ = str(Path(sys.executable).with_name("emailq"))
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"

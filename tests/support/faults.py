@@ -4,7 +4,7 @@ import time
 
 import redis
 
-from worker import deadletter
+from emailq.worker import deadletter
 
 # Backoff of 1 s doubling, without jitter, so a retry schedule is predictable in a test.
 FAST_RETRIES = {

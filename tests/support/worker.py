@@ -1,4 +1,4 @@
-"""A real ``celery -A worker worker`` process, started and stopped by the test."""
+"""A real ``celery -A emailq.worker worker`` process, started and stopped by the test."""
 
 import os
 import signal
@@ -25,7 +25,7 @@ class WorkerProcess:
         self.logfile = logfile
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
         self.command = [
-            sys.executable, "-m", "celery", "-A", "worker", "worker",
+            sys.executable, "-m", "celery", "-A", "emailq.worker", "worker",
             "-Q", queues, "-c", str(concurrency), "-P", pool, "-n", self.name,
             "--loglevel=INFO", "--without-gossip", "--without-mingle",
         ]  # fmt: skip
@@ -34,7 +34,9 @@ class WorkerProcess:
     def start(self, timeout: float = 60.0) -> "WorkerProcess":
         out = self.logfile.open("ab")
         self.process = subprocess.Popen(
-            self.command, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            # Any directory but the checkout: nothing may depend on the working directory.
+            self.command, env=self.env, cwd=self.logfile.parent, stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + timeout

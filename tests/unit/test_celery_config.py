@@ -1,6 +1,6 @@
 """The Celery app's configuration, as the worker will read it."""
 
-from worker.celery import app
+from emailq.worker.app import app
 
 
 def test_json_is_the_only_serialisation():
@@ -35,26 +35,25 @@ def test_startup_retries_the_broker_and_events_feed_flower():
     assert app.conf.broker_connection_retry_on_startup is True
     assert app.conf.worker_send_task_events is True
     assert app.conf.task_send_sent_event is False  # one Redis write per delay(), not two
-    assert app.conf.broker_transport == "worker.backends:Transport"
+    assert app.conf.broker_transport == "emailq.core.backends:Transport"
 
 
-def test_enqueue_email_is_registered_under_its_public_name():
-    from producer import enqueue_email
-    from producer.tasks import EmailTask
+def test_enqueue_email_publishes_under_the_name_the_worker_runs():
+    from emailq.producer import enqueue_email
+    from emailq.producer.publishing import EmailTask
+    from emailq.worker.tasks import WorkerTask
 
     assert enqueue_email.name == "emailq.send"
-    assert isinstance(app.tasks["emailq.send"], EmailTask)
+    assert isinstance(enqueue_email._get_current_object(), EmailTask)
+    assert isinstance(app.tasks["emailq.send"], WorkerTask)
+    assert enqueue_email.app is not app  # the application's app is not the worker's
 
 
-def test_transient_errors_retry_with_capped_exponential_backoff_and_full_jitter():
-    from producer import enqueue_email
-    from worker.errors import TransientError
-
-    assert enqueue_email.autoretry_for == (TransientError,)
-    assert enqueue_email.retry_backoff == 300
-    assert enqueue_email.retry_backoff_max == 4000
-    assert enqueue_email.retry_jitter is True
-    assert enqueue_email.max_retries == 10
+def test_celery_never_retries_on_its_own():
+    # Every retry is decided by emailq.worker.retry.decide, for single jobs and chunks alike.
+    assert app.tasks["emailq.send"].max_retries is None
+    assert not getattr(app.tasks["emailq.send"], "autoretry_for", ())
+    assert app.tasks["emailq.send_many"].max_retries is None
 
 
 def test_beat_runs_the_monitoring_check_and_the_daily_report():
@@ -70,12 +69,13 @@ def test_beat_runs_the_monitoring_check_and_the_daily_report():
 
 
 def test_publishing_reuses_one_redis_client_and_subscribes_to_no_result():
-    from producer import enqueue_email
+    from emailq.producer import enqueue_email
 
-    with app.connection_for_write() as conn:
+    producer_app = enqueue_email.app
+    with producer_app.connection_for_write() as conn:
         channel = conn.default_channel
         assert channel._create_client() is channel._create_client()
     result = enqueue_email.delay(to="ann@example.com", subject="Hi", text="Hello")
-    consumer = app.backend.result_consumer
+    consumer = producer_app.backend.result_consumer
     subscribed = consumer._pubsub.channels if consumer._pubsub is not None else {}
     assert not any(result.id.encode() in name for name in subscribed)

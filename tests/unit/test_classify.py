@@ -6,14 +6,14 @@ import ssl
 
 import pytest
 
-from worker.classify import classify, classify_reply
-from worker.errors import (
+from emailq.core.errors import (
     AuthenticationFailed,
     ConfigurationError,
     PermanentError,
     TLSVerificationError,
     TransientError,
 )
+from emailq.worker.classify import classify, classify_reply
 
 STAGES = ("rcpt", "data")
 

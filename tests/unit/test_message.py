@@ -8,8 +8,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from worker.job import Attachment, EmailJob
-from worker.message import build_message
+from emailq.core.job import Attachment, EmailJob
+from emailq.worker.message import build_message
 
 JOB_ID = "5b1f7c2e-9d4a-4e61-a0f3-2c8d9e6b7a10"
 SENDER = Address("Alerts", "alerts", "example.com")

@@ -2,9 +2,9 @@
 
 import threading
 
-from worker import recorder as recorder_module
-from worker.recorder import HELP_AT, Recorder
-from worker.tracking import _without_superseded
+from emailq.worker import recorder as recorder_module
+from emailq.worker.recorder import HELP_AT, Recorder
+from emailq.worker.tracking import _without_superseded
 
 
 class Store:

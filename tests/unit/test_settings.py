@@ -5,8 +5,8 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from config import Settings, load_settings
-from worker.errors import ConfigurationError
+from emailq.config import Settings, load_settings
+from emailq.core.errors import ConfigurationError
 
 PASSWORD = "hunter2-Zq9!secret"
 
@@ -193,9 +193,17 @@ def test_bad_smtp_security_is_refused_naming_smtp_security(monkeypatch):
     assert "SMTP_SECURITY" in refusal()
 
 
-def test_missing_ca_file_is_refused_naming_smtp_ca_file(monkeypatch, tmp_path):
-    monkeypatch.setenv("SMTP_CA_FILE", str(tmp_path / "missing-ca.pem"))
+def test_relative_ca_file_is_refused_naming_smtp_ca_file(monkeypatch):
+    monkeypatch.setenv("SMTP_CA_FILE", "certs/ca.pem")
     assert "SMTP_CA_FILE" in refusal()
+
+
+def test_missing_ca_file_is_refused_by_the_worker_naming_smtp_ca_file(monkeypatch, tmp_path):
+    from emailq.worker.sender import tls_context
+
+    monkeypatch.setenv("SMTP_CA_FILE", str(tmp_path / "missing-ca.pem"))
+    with pytest.raises(ConfigurationError, match="SMTP_CA_FILE"):
+        tls_context(load())
 
 
 def test_existing_ca_file_is_accepted(monkeypatch, tmp_path):

@@ -9,10 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from config import load_settings
-from producer.validation import validate_job
-from worker.errors import InvalidEmail
-from worker.job import Attachment, EmailJob
+from emailq.config import load_settings
+from emailq.core.errors import InvalidEmail
+from emailq.core.job import Attachment, EmailJob
+from emailq.core.validation import validate_job as validate
+
+
+def validate_job(kwargs, settings):
+    """Validation as the application's own call runs it: file paths may be read."""
+    return validate(kwargs, settings, read_files=True)
 
 
 @pytest.fixture(scope="module")
@@ -470,7 +475,7 @@ def test_summary_contains_no_body_and_no_attachment_bytes(settings):
 def test_the_per_domain_cache_gives_email_validators_verdict(address):
     from email_validator import EmailNotValidError, validate_email
 
-    from producer.validation import _validated
+    from emailq.core.validation import _validated
 
     def verdict(check):
         try:
@@ -485,3 +490,39 @@ def test_the_per_domain_cache_gives_email_validators_verdict(address):
     )
     assert verdict(lambda: _validated(address, False)) == expected
     assert verdict(lambda: _validated(address, False)) == expected  # and again, from the cache
+
+
+def test_a_file_path_is_never_read_outside_the_applications_call(settings, tmp_path):
+    secret = tmp_path / "environ"
+    secret.write_text("EMAIL_PASSWORD=hunter2")
+
+    with pytest.raises(InvalidEmail, match="file path"):
+        validate(job_kwargs(attachments=[str(secret)]), settings)
+
+
+def test_a_wire_payload_naming_a_file_is_refused_without_reading_it(tmp_path):
+    secret = tmp_path / "environ"
+    secret.write_text("EMAIL_PASSWORD=hunter2")
+
+    with pytest.raises(InvalidEmail, match="attachments"):
+        EmailJob.from_dict(
+            {"to": ["ann@example.com"], "subject": "s", "attachments": [str(secret)]}
+        )
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        [],
+        "to",
+        {"to": "ann@example.com", "subject": "s", "text": "t"},  # a bare string, not a list
+        {"to": ["ann@example.com"], "subject": 7, "text": "t"},
+        {"to": ["ann@example.com"], "subject": "s", "text": "t", "bogus": 1},
+        {"to": ["ann@example.com"], "subject": "s", "headers": {"X-A": 1}},
+        {"to": ["ann@example.com"], "subject": "s", "priority": "urgent"},
+        {"to": [], "subject": "s", "text": "t"},
+    ],
+)
+def test_a_payload_of_the_wrong_shape_is_refused_as_invalid(payload):
+    with pytest.raises(InvalidEmail, match="malformed"):
+        EmailJob.from_dict(payload)

@@ -7,9 +7,9 @@ from email.headerregistry import Address
 
 import pytest
 
-from worker import wire
-from worker.job import Attachment, EmailJob
-from worker.message import build_message
+from emailq.core.job import Attachment, EmailJob
+from emailq.worker import wire
+from emailq.worker.message import build_message
 
 SENDER = Address("Notifications", "sender", "example.com")
 NOW = datetime(2026, 1, 1, 12, 30, tzinfo=UTC)

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import click
 
-from worker.cli.check import check
-from worker.cli.dlq import dlq
-from worker.cli.sink import start_sink
-from worker.cli.tracking import batch, failed, stats, status
+from emailq.worker.cli.check import check
+from emailq.worker.cli.dlq import dlq
+from emailq.worker.cli.tracking import batch, failed, stats, status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,13 +22,17 @@ def main() -> None:
 @click.option("--port", default=1025, show_default=True, help="Port to listen on.")
 @click.option(
     "--outbox",
-    default="var/outbox",
-    show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Directory for the captured .eml files.",
+    help="Directory for the captured .eml files.  [default: EMAILQ_DATA_DIR/outbox]",
 )
-def sink(host: str, port: int, outbox: Path) -> None:
+def sink(host: str, port: int, outbox: Path | None) -> None:
     """Run a development SMTP server that saves each message as an .eml file."""
+    if outbox is None:
+        from emailq.config import get_settings
+
+        outbox = get_settings().data_dir / "outbox"
+    from emailq.worker.cli.sink import start_sink
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # aiosmtpd logs every command at INFO, AUTH lines included: keep it to warnings.
     logging.getLogger("mail.log").setLevel(logging.WARNING)

@@ -7,9 +7,9 @@ import click
 from kombu.utils.url import maybe_sanitize_url
 from rich.console import Console
 
-from config import Settings, load_settings
-from worker.classify import classify
-from worker.errors import ConfigurationError
+from emailq.config import Settings, load_settings
+from emailq.core.errors import ConfigurationError
+from emailq.worker.classify import classify
 
 console = Console()
 
@@ -22,7 +22,7 @@ def _redis(settings: Settings) -> str:
 
 
 def _smtp(settings: Settings) -> str:
-    from worker.sender import SMTPSender
+    from emailq.worker.sender import SMTPSender
 
     settings.sender  # noqa: B018 - raises when no From address is configured
     smtp = SMTPSender(settings).connect()  # connect, EHLO, STARTTLS with verification, AUTH
@@ -37,12 +37,13 @@ def _smtp(settings: Settings) -> str:
 
 
 def _database(settings: Settings) -> str:
-    from worker.tracking import TrackingStore, engine_for, ensure_schema
+    from emailq.worker.tracking import TrackingStore, engine_for, ensure_schema
 
-    engine = engine_for(settings.database_url)
+    engine = engine_for(settings.tracking_url)
     ensure_schema(engine)
     TrackingStore(engine).ping()
-    return maybe_sanitize_url(settings.database_url)
+    source = "EMAILQ_DATABASE_URL or DATABASE_URL" if settings.database_url else "EMAILQ_DATA_DIR"
+    return f"{maybe_sanitize_url(settings.tracking_url)} (from {source})"
 
 
 def _reason(exc: Exception) -> str:

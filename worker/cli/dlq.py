@@ -8,12 +8,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from worker import deadletter
-from worker.cli.tracking import format_time
-from worker.errors import InvalidEmail
-from worker.ledger import Ledger
-from worker.recorder import recorder
-from worker.store import redis_client
+from emailq.core.errors import InvalidEmail
+from emailq.core.job import EmailJob
+from emailq.core.store import redis_client
+from emailq.worker import deadletter
+from emailq.worker.cli.tracking import format_time
+from emailq.worker.ledger import Ledger
+from emailq.worker.recorder import recorder
+from emailq.worker.tasks import send
 
 console = Console()
 
@@ -100,8 +102,6 @@ def show(job_id: str, as_json: bool) -> None:
 @click.option("--all", "replay_all", is_flag=True, help="Replay every entry.")
 def replay(job_ids: tuple[str, ...], replay_all: bool) -> None:
     """Re-enqueue jobs with the same id and priority and a fresh retry budget."""
-    from producer import enqueue_email
-
     if bool(job_ids) == replay_all:
         raise click.UsageError("give job ids or --all, not both")
     client = redis_client()
@@ -115,16 +115,19 @@ def replay(job_ids: tuple[str, ...], replay_all: bool) -> None:
         failures += 1
     track = recorder()
     for s in wanted:
-        track.emit("requeued", s.entry["job_id"], s.entry["job"])
-        try:
-            deadletter.replay(
-                client, s, reopen=ledger.reopen,
-                enqueue=lambda job, job_id: enqueue_email.apply_async(kwargs=job, task_id=job_id),
-            )  # fmt: skip
+        try:  # the entry came out of Redis: its job must still have a job's shape
+            job = EmailJob.from_dict(s.entry.get("job"))
         except InvalidEmail as exc:
             click.echo(f"{s.entry['job_id']}: cannot replay: {exc}", err=True)
             failures += 1
             continue
+        track.emit("requeued", s.entry["job_id"], s.entry["job"])
+        deadletter.replay(
+            client, s, reopen=ledger.reopen,
+            enqueue=lambda payload, job_id, queue=job.priority: send.apply_async(
+                kwargs=payload, task_id=job_id, queue=queue
+            ),
+        )  # fmt: skip
         click.echo(f"{s.entry['job_id']}: replayed")
     if failures:
         sys.exit(1)

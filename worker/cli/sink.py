@@ -6,8 +6,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+import click
+
+try:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP, Envelope, Session
+except ImportError:  # an extra: applications and workers never need it
+    raise click.ClickException(
+        "emailq sink needs aiosmtpd: pip install 'emailq[sink]' (make install includes it)"
+    ) from None
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from worker.ledger import Ledger
-from worker.recorder import default_store
-from worker.store import redis_client
+from emailq.core.keys import BATCH
+from emailq.core.store import redis_client
+from emailq.worker.ledger import Ledger
+from emailq.worker.recorder import default_store, recorder
 
 console = Console()
 
@@ -20,8 +21,23 @@ def format_time(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S") if epoch else "-"
 
 
+def up_to_date() -> None:
+    """Store the producers' events still waiting in Redis, so answers include them."""
+    track = recorder()
+    track.drain()
+    track.flush()
+
+
+def batch_info(batch_id: str) -> dict[str, Any] | None:
+    raw = redis_client().hgetall(BATCH + batch_id)
+    if not raw:
+        return None
+    return {k.decode(): float(v) if k == b"created_at" else int(v) for k, v in raw.items()}
+
+
 def job_status(job_id: str) -> dict[str, Any] | None:
     """The tracked job, corrected by the Redis ledger, which knows a final outcome first."""
+    up_to_date()
     job = default_store().job(job_id)
     state = Ledger(redis_client()).state(job_id)
     if job is None and state.final is None:
@@ -68,6 +84,7 @@ def status(job_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def stats(days: float, as_json: bool) -> None:
     """Counts and percentages by status for jobs created in the last N days."""
+    up_to_date()
     counts = default_store().stats(days=days)
     total = sum(counts.values())
     rows = {s: {"count": n, "percent": round(100 * n / total, 1) if total else 0.0}
@@ -108,8 +125,7 @@ def failed(limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def batch(batch_id: str, as_json: bool) -> None:
     """Progress of a bulk send: how many of its jobs are in each status."""
-    from producer.bulk import batch_info
-
+    up_to_date()
     info = batch_info(batch_id)
     counts = default_store().batch(batch_id)
     if info is None and not any(counts.values()):

@@ -3,15 +3,18 @@
 ``ConfigurationError`` deliberately sits outside ``DeliveryError``: retry code
 catches ``TransientError`` and dead-letter code catches ``PermanentError``, so
 neither can swallow a mistake in the settings, which no amount of retrying fixes.
+
+The root (``EmailQError``) and ``ConfigurationError`` live in ``emailq.config.errors``,
+because settings raise them and ``config`` imports nothing of ours; they are the same
+classes here.
 """
 
+from emailq.config.errors import ConfigurationError, EmailQError
 
-class EmailQError(Exception):
-    """Base of every error this service raises on purpose."""
-
-
-class ConfigurationError(EmailQError):
-    """A setting is missing or wrong; the message names the variable to fix."""
+__all__ = [
+    "AuthenticationFailed", "ConfigurationError", "DeliveryError", "EmailQError", "InvalidEmail",
+    "JobBusy", "PermanentError", "RateLimited", "TLSVerificationError", "TransientError",
+]  # fmt: skip
 
 
 class InvalidEmail(EmailQError, ValueError):

@@ -14,10 +14,10 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
-from config import Settings
-from producer.rendering import render
-from worker.errors import InvalidEmail
-from worker.job import PRIORITIES, Attachment, EmailJob
+from emailq.config import Settings
+from emailq.core.errors import InvalidEmail
+from emailq.core.job import PRIORITIES, Attachment, EmailJob
+from emailq.core.rendering import render
 
 KEYWORDS = frozenset(
     {
@@ -161,12 +161,14 @@ def _file_size(item: Any) -> int:
     return 0
 
 
-def _attachments(value: Any, *, limit: int) -> tuple[Attachment, ...]:
+def _attachments(value: Any, *, limit: int, read_files: bool) -> tuple[Attachment, ...]:
     if value is None:
         return ()
     if isinstance(value, str | bytes | Mapping | os.PathLike) or not isinstance(value, Iterable):
         raise InvalidEmail("attachments: expected a list of file paths or dicts")
     items = list(value)
+    if not read_files and any(isinstance(item, str | os.PathLike) for item in items):
+        raise InvalidEmail("attachments: a file path is accepted only from the application's call")
     # Check files on disk by size before reading them, so an oversized file is refused cheaply.
     if sum(_file_size(item) for item in items) > limit:
         raise InvalidEmail(f"attachments: total size exceeds MAX_ATTACHMENT_BYTES ({limit} bytes)")
@@ -189,8 +191,14 @@ def _body(field: str, value: Any) -> str | None:
     return value or None
 
 
-def validate_job(kwargs: Mapping[str, Any], settings: Settings) -> EmailJob:
-    """Return the normalised job for ``enqueue_email``'s keywords, or raise ``InvalidEmail``."""
+def validate_job(
+    kwargs: Mapping[str, Any], settings: Settings, *, read_files: bool = False
+) -> EmailJob:
+    """Return the normalised job for ``enqueue_email``'s keywords, or raise ``InvalidEmail``.
+
+    ``read_files=True`` lets an attachment be a file path, read here. Only the
+    application's own call may do that; nothing taken from a queue ever does.
+    """
     unknown = set(kwargs) - KEYWORDS
     if unknown:
         raise InvalidEmail(
@@ -229,7 +237,9 @@ def validate_job(kwargs: Mapping[str, Any], settings: Settings) -> EmailJob:
         bcc=_addresses("bcc", kwargs.get("bcc"), required=False, settings=settings),
         reply_to=_addresses("reply_to", kwargs.get("reply_to"), required=False, settings=settings),
         headers=_headers(kwargs.get("headers")),
-        attachments=_attachments(kwargs.get("attachments"), limit=settings.max_attachment_bytes),
+        attachments=_attachments(
+            kwargs.get("attachments"), limit=settings.max_attachment_bytes, read_files=read_files
+        ),
         priority=priority,
         idempotency_key=key,
         batch_id=batch_id,

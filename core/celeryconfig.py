@@ -1,16 +1,16 @@
-"""Celery settings, derived from the one settings object. Loaded lazily by ``worker.celery``."""
+"""Celery settings, derived from the one settings object; both sides' apps load them."""
 
 from kombu import Queue
 
-from config import get_settings
-from worker.backends import result_backend_url
+from emailq.config import get_settings
+from emailq.core.backends import result_backend_url
 
 _settings = get_settings()
 
 broker_url = _settings.redis_url
 _sentinel = _settings.redis_url.startswith("sentinel://")
 # Celery's Redis classes minus two per-delay() costs (worker/backends.py).
-broker_transport = "worker.backends:" + ("SentinelTransport" if _sentinel else "Transport")
+broker_transport = "emailq.core.backends:" + ("SentinelTransport" if _sentinel else "Transport")
 result_backend = result_backend_url(_settings.redis_url)
 broker_connection_retry_on_startup = True
 
@@ -63,10 +63,10 @@ worker_pool = "threads"
 worker_concurrency = 8
 worker_hijack_root_logger = True
 
-# Periodic jobs for `celery -A worker beat` (`make beat`): monitoring and the daily report.
+# Periodic jobs for `celery -A emailq.worker beat` (`make beat`): monitoring and the daily report.
 # Both are thin and fast; they run on the normal queue like any other job.
 task_routes = {
     "emailq.check_system": {"queue": "normal"},
     "emailq.send_report": {"queue": "normal"},
 }
-beat_schedule_filename = "var/celerybeat-schedule"
+beat_schedule_filename = str(_settings.data_dir / "celerybeat-schedule")

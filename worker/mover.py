@@ -1,18 +1,15 @@
-"""Delayed jobs wait in a Redis sorted set, not inside a worker.
-
-Celery keeps a countdown or ETA job unacknowledged in the worker's memory. With
-Redis, once that wait passes the visibility timeout the job is handed to another
-worker as well, and the email goes out twice (Celery's Redis caveats). A parked job
-is an entry in ``emailq:delayed`` scored by its due time; every worker runs a mover
-that publishes due entries to their queue.
+"""The delayed-job mover: publishes parked jobs (``emailq.core.delayed``) once they are due.
 
 Moving is claim-then-publish: a Lua script moves due entries into a claimed hash in
 one step, so two movers never take the same entry, and an entry whose mover died
 before publishing is put back after ``CLAIM_TIMEOUT_S``. The job ledger turns the
 rare double publish from that window into a skipped duplicate, not a second email.
+
+Entries come out of Redis, so they are untrusted: each is parsed on its own, and one
+that does not parse is handed to ``reject`` (the dead-letter queue) without holding
+up the others.
 """
 
-import json
 import logging
 import threading
 import time
@@ -21,10 +18,11 @@ from typing import Any
 
 import redis
 
+from emailq.core import delayed
+from emailq.core.keys import DELAYED, DELAYED_CLAIMED
+
 log = logging.getLogger(__name__)
 
-KEY = "emailq:delayed"
-CLAIMED = "emailq:delayed:claimed"
 CLAIM_TIMEOUT_S = 60.0  # far longer than one publish; shorter than anyone would wait for a job
 BATCH = 500
 
@@ -45,15 +43,6 @@ return 0
 """
 
 
-def park(client: redis.Redis, entry: dict[str, Any], due: float) -> None:
-    """Hold ``entry`` (task id, kwargs, publish options) until ``due`` (epoch seconds)."""
-    client.zadd(KEY, {json.dumps(entry, sort_keys=True): due})
-
-
-def pending(client: redis.Redis) -> int:
-    return client.zcard(KEY) + client.hlen(CLAIMED)
-
-
 class Mover:
     """Publishes due parked jobs; one per worker process, safe to run on every host."""
 
@@ -62,10 +51,12 @@ class Mover:
         client: redis.Redis,
         publish: Callable[[dict[str, Any]], None],
         *,
+        reject: Callable[[bytes, Exception], None] | None = None,
         interval_s: float = 0.5,
     ) -> None:
         self.redis = client
         self.publish = publish
+        self.reject = reject
         self.interval_s = interval_s
         self._claim = client.register_script(_CLAIM)
         self._unclaim = client.register_script(_UNCLAIM)
@@ -76,11 +67,18 @@ class Mover:
         """Publish every entry due by ``now``; returns how many."""
         now = time.time() if now is None else now
         moved = 0
-        while items := self._claim(keys=[KEY, CLAIMED], args=[now, BATCH]):
+        while items := self._claim(keys=[DELAYED, DELAYED_CLAIMED], args=[now, BATCH]):
             for item in items:
-                self.publish(json.loads(item))
-                self.redis.hdel(CLAIMED, item)
-                moved += 1
+                try:
+                    entry = delayed.parse(item)
+                except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+                    log.error("delayed entry refused (%s): %.200r", exc, item)
+                    if self.reject is not None:
+                        self.reject(item, exc)
+                else:
+                    self.publish(entry)
+                    moved += 1
+                self.redis.hdel(DELAYED_CLAIMED, item)
             if len(items) < BATCH:
                 break
         return moved
@@ -90,11 +88,11 @@ class Mover:
         now = time.time() if now is None else now
         stale = [
             item
-            for item, at in self.redis.hgetall(CLAIMED).items()
+            for item, at in self.redis.hgetall(DELAYED_CLAIMED).items()
             if now - float(at) > CLAIM_TIMEOUT_S
         ]
         for item in stale:
-            self._unclaim(keys=[KEY, CLAIMED], args=[item, now])
+            self._unclaim(keys=[DELAYED, DELAYED_CLAIMED], args=[item, now])
         return len(stale)
 
     def _run(self) -> None:

@@ -20,8 +20,8 @@ from jinja2 import (
     select_autoescape,
 )
 
-from config import get_settings
-from worker.errors import InvalidEmail
+from emailq.config import get_settings
+from emailq.core.errors import ConfigurationError, InvalidEmail
 
 PACKAGED = Path(__file__).with_name("templates")  # the templates this project ships
 
@@ -29,7 +29,10 @@ PACKAGED = Path(__file__).with_name("templates")  # the templates this project s
 @cache
 def environment() -> Environment:
     """TEMPLATES_DIR first, then the packaged templates; HTML autoescaped; strict undefined."""
-    dirs = [str(d) for d in (get_settings().templates_dir, PACKAGED) if d]
+    own = get_settings().templates_dir
+    if own is not None and not own.is_dir():
+        raise ConfigurationError(f"TEMPLATES_DIR: {str(own)!r} is not a directory")
+    dirs = [str(d) for d in (own, PACKAGED) if d]
     return Environment(
         loader=ChoiceLoader([FileSystemLoader(d) for d in dirs]),
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),

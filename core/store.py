@@ -6,7 +6,7 @@ from urllib.parse import urlparse
 import redis
 from redis.sentinel import Sentinel
 
-from config import Settings, get_settings
+from emailq.config import Settings, get_settings
 
 _client: redis.Redis | None = None
 _lock = threading.Lock()

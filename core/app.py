@@ -1,0 +1,19 @@
+"""The Celery app, built the same way on both sides: JSON only, the high and normal queues.
+
+The producer and the worker each build their own instance. Neither becomes the host
+application's current app, and no task of ours is shared with the host's apps.
+"""
+
+from celery import Celery
+
+
+def make_app() -> Celery:
+    app = Celery(
+        "emailq",
+        # Importing emailq must not send the host's own shared_tasks to our broker.
+        set_as_current=False,
+        # No Django fix-up: our worker runs none of the host's code.
+        fixups=[],
+    )
+    app.config_from_object("emailq.core.celeryconfig")
+    return app

@@ -1,0 +1,203 @@
+"""The job payload: a small frozen dataclass that travels as JSON.
+
+The wire form (``to_dict``) uses the same keywords as ``enqueue_email``, so a
+payload read back from the broker or the dead-letter queue can be enqueued again
+as it is. Attachment bytes travel base64-encoded under ``content_b64``.
+"""
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from typing import Any
+
+from emailq.core.errors import InvalidEmail
+from emailq.core.keys import QUEUES
+
+PRIORITIES = QUEUES
+CHUNK_SIZE = 25  # jobs per bulk chunk task: one SMTP session's worth
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str
+    content: bytes
+    mimetype: str = "application/octet-stream"
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "filename": self.filename,
+            "content_b64": base64.b64encode(self.content).decode("ascii"),
+            "mimetype": self.mimetype,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Attachment":
+        """Only inline bytes: a wire attachment never names a file to read."""
+        if not isinstance(data, dict) or set(data) - {"filename", "content_b64", "mimetype"}:
+            raise InvalidEmail(
+                "attachments: a wire attachment is {filename, content_b64, mimetype}"
+            )
+        if not all(isinstance(v, str) for v in data.values()):
+            raise InvalidEmail("attachments: filename, content_b64 and mimetype must be strings")
+        try:
+            content = base64.b64decode(data["content_b64"], validate=True)
+            return cls(data["filename"], content, data.get("mimetype") or cls.mimetype)
+        except (KeyError, TypeError, binascii.Error) as exc:
+            raise InvalidEmail(f"attachments: malformed wire attachment ({exc})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class EmailJob:
+    """One email to send. Addresses may carry a display name: ``"Ann <ann@example.com>"``."""
+
+    to: tuple[str, ...]
+    subject: str
+    text: str | None = None
+    html: str | None = None
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    reply_to: tuple[str, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+    attachments: tuple[Attachment, ...] = ()
+    priority: str = "normal"
+    idempotency_key: str | None = None
+    batch_id: str | None = None
+
+    @property
+    def recipients(self) -> list[str]:
+        """Envelope recipients (To, Cc and Bcc), bare addresses, each once."""
+        seen: dict[str, None] = {}
+        for value in (*self.to, *self.cc, *self.bcc):
+            seen.setdefault(parseaddr(value)[1], None)
+        return list(seen)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"to": list(self.to), "subject": self.subject}
+        for name in ("text", "html", "idempotency_key", "batch_id"):
+            if getattr(self, name) is not None:
+                data[name] = getattr(self, name)
+        for name in ("cc", "bcc", "reply_to"):
+            if getattr(self, name):
+                data[name] = list(getattr(self, name))
+        if self.headers:
+            data["headers"] = dict(self.headers)
+        if self.attachments:
+            data["attachments"] = [a.to_dict() for a in self.attachments]
+        data["priority"] = self.priority
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "EmailJob":
+        """Decode a wire payload; a payload of the wrong shape raises ``InvalidEmail``.
+
+        Payloads come out of Redis or through Flower's API, so every field's type is
+        checked here, on the worker's side, whatever the producer checked before.
+        """
+        if not isinstance(data, dict):
+            raise InvalidEmail(f"malformed job payload: expected an object, got {_kind(data)}")
+        if unknown := set(data) - WIRE_KEYS:
+            raise InvalidEmail(f"malformed job payload: unknown key(s) {sorted(unknown)}")
+        if not data.get("to"):
+            raise InvalidEmail("malformed job payload: 'to' must list at least one address")
+        attachments = _field(data, "attachments", list, [])
+        return cls(
+            to=_strings(data, "to"),
+            subject=_field(data, "subject", str, None, required=True),
+            text=_field(data, "text", str, None),
+            html=_field(data, "html", str, None),
+            cc=_strings(data, "cc"),
+            bcc=_strings(data, "bcc"),
+            reply_to=_strings(data, "reply_to"),
+            headers=_headers(data),
+            attachments=tuple(Attachment.from_dict(a) for a in attachments),
+            priority=_priority(data),
+            idempotency_key=_field(data, "idempotency_key", str, None),
+            batch_id=_field(data, "batch_id", str, None),
+        )
+
+    def tracking_info(self) -> dict[str, Any]:
+        """What the tracking store keeps of a job: no bodies, no attachments."""
+        return {
+            "to": self.to, "cc": self.cc, "bcc": self.bcc, "subject": self.subject,
+            "priority": self.priority, "idempotency_key": self.idempotency_key,
+            "batch_id": self.batch_id,
+        }  # fmt: skip
+
+    def summary(self) -> dict[str, Any]:
+        """A short, secret-free description for logs and Flower: no bodies, no attachment bytes."""
+        info: dict[str, Any] = {"to": list(self.to), "subject": self.subject[:120]}
+        if self.cc:
+            info["cc"] = len(self.cc)
+        if self.bcc:
+            info["bcc"] = len(self.bcc)
+        for name in ("text", "html"):
+            if getattr(self, name):
+                info[name] = f"<{len(getattr(self, name))} chars>"
+        if self.attachments:
+            info["attachments"] = [f"{a.filename} ({len(a.content)} B)" for a in self.attachments]
+        info["priority"] = self.priority
+        return info
+
+
+def chunk_item(job_id: str, job: EmailJob) -> dict[str, Any]:
+    """One job as a bulk chunk (``emailq.send_many``) carries it."""
+    return {"id": job_id, "job": job.to_dict()}
+
+
+WIRE_KEYS = frozenset(EmailJob.__dataclass_fields__)
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def _field(data: dict, name: str, kind: type, default: Any, *, required: bool = False) -> Any:
+    if name not in data or data[name] is None:
+        if required:
+            raise InvalidEmail(f"malformed job payload: {name!r} is missing")
+        return default
+    if not isinstance(data[name], kind):
+        raise InvalidEmail(
+            f"malformed job payload: {name!r} must be {kind.__name__}, got {_kind(data[name])}"
+        )
+    return data[name]
+
+
+def _strings(data: dict, name: str) -> tuple[str, ...]:
+    items = _field(data, name, list, [])
+    if not all(isinstance(item, str) for item in items):
+        raise InvalidEmail(f"malformed job payload: {name!r} must be a list of strings")
+    return tuple(items)
+
+
+def _headers(data: dict) -> dict[str, str]:
+    headers = _field(data, "headers", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise InvalidEmail("malformed job payload: 'headers' must map strings to strings")
+    return dict(headers)
+
+
+def _priority(data: dict) -> str:
+    priority = data.get("priority") or "normal"
+    if priority not in PRIORITIES:
+        raise InvalidEmail(f"malformed job payload: priority {priority!r} is not one of {QUEUES}")
+    return priority
+
+
+def payload_summary(task: str, kwargs: Any) -> dict[str, Any]:
+    """What Flower and the logs show of a task's payload: no bodies, no attachment bytes.
+
+    Works on any shape, since a payload may come from Flower's API or a damaged queue.
+    """
+    if not isinstance(kwargs, dict):
+        return {"malformed": type(kwargs).__name__}
+    if task == "emailq.send_many":
+        jobs = kwargs.get("jobs")
+        first = jobs[0] if isinstance(jobs, list) and jobs else {}
+        batch = first.get("job", {}).get("batch_id") if isinstance(first, dict) else None
+        return {"batch_id": batch, "jobs": len(jobs) if isinstance(jobs, list) else None}
+    try:
+        return EmailJob.from_dict(kwargs).summary()
+    except InvalidEmail:
+        return {"malformed": sorted(str(k) for k in kwargs)[:20]}

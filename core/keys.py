@@ -1,0 +1,12 @@
+"""The Redis keys both sides use, in one place so a rename cannot split them."""
+
+QUEUES = ("high", "normal")  # broker lists, named after the priorities; `high` is taken first
+DEAD_LETTER = "dead_letter"  # a broker queue no worker consumes
+
+IDEMPOTENCY = "emailq:idempotency:"  # + key -> the job id that owns it
+BATCH = "emailq:batch:"  # + batch id -> hash of total, skipped, created_at
+JOB = "emailq:job:"  # + job id -> the delivery ledger's hash (and + ":lock")
+DELAYED = "emailq:delayed"  # sorted set of parked jobs, scored by due time
+DELAYED_CLAIMED = "emailq:delayed:claimed"  # entries a mover took and has not published yet
+COOLDOWN = "emailq:cooldown:"  # + check:host -> set while an alert cools down
+EVENTS = "emailq:events"  # tracking events from producers, written to the store by workers

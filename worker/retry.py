@@ -1,0 +1,82 @@
+"""The one retry decision: what happens to a job after any failure, single or in a chunk.
+
+Dramatiq's ``middleware/retries.py`` decides every retry in one function; this is ours.
+``decide`` is pure: the same failure at the same retry count always gets the same
+answer, so the task body and the failure signal cannot disagree.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import redis
+from celery.utils.time import get_exponential_backoff_interval
+from kombu.exceptions import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
+
+from emailq.config import Settings
+from emailq.core.errors import (
+    ConfigurationError,
+    InvalidEmail,
+    JobBusy,
+    PermanentError,
+    RateLimited,
+    TransientError,
+)
+
+# Another worker holds the job's lock; look again after this long.
+BUSY_RETRY_S = 30
+# Redis (the broker, the ledger, the limiter) or the database did not answer. Not the
+# job's fault: it never spends the retry budget and is never dead-lettered for it.
+INFRASTRUCTURE = (redis.RedisError, OperationalError, SQLAlchemyError)
+
+Action = Literal["retry", "defer", "dead", "wait"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """``retry``: try again after ``countdown``, one more retry spent.
+    ``defer``: try again after ``countdown``, the budget untouched.
+    ``dead``: dead-letter with ``reason``.
+    ``wait``: infrastructure is down; keep the job until Redis answers, budget untouched.
+    """
+
+    action: Action
+    countdown: int = 0
+    reason: str | None = None
+
+    @property
+    def spends_budget(self) -> bool:
+        return self.action == "retry"
+
+
+def backoff(attempt: int, settings: Settings) -> int:
+    """Seconds before retry number ``attempt`` (1-based): exponential, capped, jittered."""
+    return get_exponential_backoff_interval(
+        factor=settings.retry_backoff_base_s, retries=max(0, attempt - 1),
+        maximum=settings.retry_backoff_max_s, full_jitter=settings.retry_jitter,
+    )  # fmt: skip
+
+
+def decide(exc: BaseException | None, *, retries: int, settings: Settings) -> Decision:
+    """The decision for ``exc``, raised by a job that has been retried ``retries`` times."""
+    match exc:
+        case InvalidEmail():
+            return Decision("dead", reason="invalid")
+        case PermanentError():
+            return Decision("dead", reason="permanent")
+        case TransientError() if retries >= settings.max_retries:
+            return Decision("dead", reason="exhausted")
+        case TransientError():
+            return Decision("retry", backoff(retries + 1, settings))
+        case JobBusy():
+            return Decision("defer", BUSY_RETRY_S)
+        case RateLimited():  # not a failure: the job waits for room in the window
+            return Decision("defer", math.ceil(exc.wait_s))
+        case ConfigurationError():
+            # Wrong credentials or certificates are not the job's fault: keep it, without
+            # spending its budget, until the operator fixes the setting.
+            return Decision("defer", backoff(getattr(exc, "attempts", 1), settings))
+        case _ if isinstance(exc, INFRASTRUCTURE):
+            return Decision("wait", backoff(1, settings))
+    return Decision("dead", reason="crashed")  # a bug, or a worker lost mid-send too often

@@ -1,0 +1,137 @@
+"""The task bodies: decode the payload, deliver, and act on the one retry decision.
+
+The application publishes these tasks through ``emailq.producer``; this is where they
+run. Re-publishing here (a retry, a deferral, a chunk's remainder) goes straight to
+the broker or the delayed set: the payload was checked when it was taken, no file is
+read and no idempotency key is claimed again.
+"""
+
+import logging
+import time
+from typing import Any
+
+import redis
+from celery import Task
+from celery.exceptions import Reject, Retry
+from celery.utils import uuid
+
+from emailq.config import get_settings
+from emailq.core import delayed
+from emailq.core.errors import ConfigurationError, InvalidEmail
+from emailq.core.job import EmailJob, payload_summary
+from emailq.core.keys import QUEUES
+from emailq.core.store import redis_client
+from emailq.worker import chunks, deadletter
+from emailq.worker.app import app
+from emailq.worker.delivery import deliver, shared
+from emailq.worker.recorder import recorder
+from emailq.worker.retry import INFRASTRUCTURE, Decision, decide
+
+log = logging.getLogger(__name__)
+
+WAIT_FOR_REDIS_S = 30.0  # how long a thread waits for Redis before giving the job back
+
+
+class WorkerTask(Task):
+    """Publishes without validation; a countdown or ETA parks the job in Redis."""
+
+    def apply_async(self, args=None, kwargs=None, task_id=None, **options):  # noqa: D102
+        task_id = task_id or uuid()
+        priority = (kwargs or {}).get("priority") if self.name == "emailq.send" else None
+        queue = options.pop("queue", None) or (priority if priority in QUEUES else "normal")
+        due = delayed.due_at(options.pop("countdown", None), options.pop("eta", None))
+        if due is not None:
+            delayed.park(
+                redis_client(), task=self.name, task_id=task_id, kwargs=kwargs or {},
+                queue=queue, due=due, retries=options.get("retries", 0),
+                expires=options.get("expires"),
+            )  # fmt: skip
+            return self.AsyncResult(task_id)
+        options.setdefault("kwargsrepr", repr(payload_summary(self.name, kwargs)))
+        return super().apply_async(args, kwargs, task_id=task_id, queue=queue, **options)
+
+
+@app.task(bind=True, base=WorkerTask, name="emailq.send", max_retries=None, shared=False)
+def send(self: WorkerTask, **payload: Any) -> dict[str, Any]:
+    """One email."""
+    settings = get_settings()
+    job = EmailJob.from_dict(payload)  # a payload of the wrong shape: dead-lettered as invalid
+    sender, ledger, limiter = shared()
+    try:
+        return deliver(
+            job, job_id=self.request.id, sender=sender, ledger=ledger, settings=settings,
+            limiter=limiter,
+        )  # fmt: skip
+    except Exception as exc:
+        decision = decide(exc, retries=self.request.retries, settings=settings)
+        if decision.action == "dead":
+            raise  # the failure signal dead-letters it, with the same decision
+        raise _again(self, payload, decision, exc) from None
+
+
+@app.task(bind=True, base=WorkerTask, name="emailq.send_many", max_retries=None, shared=False)
+def send_many(self: WorkerTask, jobs: list[dict[str, Any]]) -> dict[str, int]:
+    """A chunk of a bulk send (``emailq.worker.chunks``): several jobs, each with its own id."""
+    if not isinstance(jobs, list):
+        raise InvalidEmail(f"malformed chunk: 'jobs' must be a list, got {type(jobs).__name__}")
+    queue = (self.request.delivery_info or {}).get("routing_key") or "normal"
+    try:
+        counts, left = chunks.deliver_chunk(
+            jobs, settings=get_settings(), hand_off=_hand_off, dead_letter=_bury,
+            should_yield=_alerts_waiting if queue != "high" else None,
+        )  # fmt: skip
+    except chunks.Interrupted as stop:  # Redis is down: the rest of the chunk waits for it
+        decision = decide(stop.error, retries=0, settings=get_settings())
+        raise _again(self, {"jobs": stop.left}, decision, stop.error, queue=queue) from None
+    if left:  # alerts are waiting: the rest of the chunk queues again behind them
+        send_many.apply_async(kwargs={"jobs": left}, queue=queue)
+        counts["requeued"] = len(left)
+    return counts
+
+
+def _again(
+    task: WorkerTask, kwargs: dict, decision: Decision, exc: Exception, *, queue: str | None = None
+) -> Retry:
+    """Publish the job again as ``decision`` says; returns Celery's Retry to raise."""
+    retries = task.request.retries + (1 if decision.spends_budget else 0)
+    if decision.action == "wait" and not _redis_answers(WAIT_FOR_REDIS_S):
+        # Left unacknowledged: the broker gives the job back once Redis answers.
+        raise Reject(exc, requeue=True)
+    if isinstance(exc, ConfigurationError):
+        log.critical("job %s: %s; retrying in %ss", task.request.id, exc, decision.countdown)
+    try:
+        task.apply_async(
+            kwargs=kwargs, task_id=task.request.id, countdown=decision.countdown,
+            retries=retries, queue=queue,
+        )  # fmt: skip
+    except INFRASTRUCTURE:
+        raise Reject(exc, requeue=True) from None
+    return Retry(exc=exc, when=decision.countdown)
+
+
+def _redis_answers(within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    pause = 0.5
+    while True:
+        try:
+            return bool(redis_client().ping())
+        except redis.RedisError:
+            if time.monotonic() + pause > deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+def _alerts_waiting() -> bool:
+    return bool(redis_client().llen("high"))
+
+
+def _hand_off(job_id: str, payload: dict, decision: Decision, exc: Exception) -> None:
+    """A chunk's job that did not go out continues as a single job, with the same id."""
+    retries = 1 if decision.spends_budget else 0
+    send.apply_async(kwargs=payload, task_id=job_id, countdown=decision.countdown, retries=retries)
+    recorder().emit("retrying", job_id, payload, attempts=retries + 1, last_error=str(exc))
+
+
+def _bury(job_id: str, payload: Any, exc: BaseException, *, reason: str, traceback: str) -> None:
+    deadletter.bury(app, job_id, payload, exc, reason=reason, traceback=traceback)
