@@ -23,6 +23,7 @@ system-deps:
 	@scripts/system-deps.sh
 
 test: install
+	$(BIN)/ruff check .  # includes the rule against bare config/core/producer/worker imports
 	$(BIN)/python -m pytest
 
 demo: install

@@ -1,7 +1,7 @@
 """`make bench`: throughput, latency and memory, as ratios against baselines in the same run.
 
 Starts its own redis-server and a delayable SMTP sink (benchmarks/sink.py), then measures:
-our worker (the real `celery -A worker worker` command and configuration) and the plain
+our worker (the real `celery -A emailq.worker worker` command and configuration) and the plain
 Celery baseline (benchmarks/baseline.py: connect and log in per email, prefork -c 2).
 Writes benchmarks/RESULTS.md. `--smoke` runs tiny sizes to prove the harness works.
 """

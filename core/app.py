@@ -16,4 +16,11 @@ def make_app() -> Celery:
         fixups=[],
     )
     app.config_from_object("emailq.core.celeryconfig")
+    app.on_after_finalize.connect(_only_our_tasks, weak=False)
     return app
+
+
+def _only_our_tasks(sender: Celery, **_: object) -> None:
+    """Drop the host's shared_tasks, which Celery hands to every app as it finalizes."""
+    for name in [n for n in sender.tasks if not n.startswith(("emailq.", "celery."))]:
+        del sender.tasks[name]

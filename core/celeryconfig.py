@@ -9,7 +9,7 @@ _settings = get_settings()
 
 broker_url = _settings.redis_url
 _sentinel = _settings.redis_url.startswith("sentinel://")
-# Celery's Redis classes minus two per-delay() costs (worker/backends.py).
+# Celery's Redis classes minus two per-delay() costs (core/backends.py).
 broker_transport = "emailq.core.backends:" + ("SentinelTransport" if _sentinel else "Transport")
 result_backend = result_backend_url(_settings.redis_url)
 broker_connection_retry_on_startup = True

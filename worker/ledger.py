@@ -20,10 +20,16 @@ STATE_TTL_S = 30 * 24 * 3600
 PREFIX = "emailq:job:"
 
 # Take the lock; only a taker counts as a start. Returns {locked, HGETALL of the state}.
+# A script is not rolled back when a command in it fails: if the state cannot be read
+# (a key of the wrong type), the lock just taken is let go before the error is returned.
 _BEGIN = """
 local locked = redis.call('set', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2])
 if locked then
-  redis.call('hincrby', KEYS[1], 'starts', 1)
+  local started = redis.pcall('hincrby', KEYS[1], 'starts', 1)
+  if type(started) == 'table' and started.err then
+    redis.call('del', KEYS[2])
+    return started
+  end
   redis.call('expire', KEYS[1], ARGV[3])
 end
 return {locked and 1 or 0, redis.call('hgetall', KEYS[1])}

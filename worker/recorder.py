@@ -120,12 +120,16 @@ class Recorder:
         return True
 
     def _run(self) -> None:
+        reading = True
         while not self._stopped.wait(FLUSH_INTERVAL_S):
             try:
                 if self._healthy:  # while the database is down, producers' events wait in Redis
                     self.drain()
+                    reading = True
             except Exception as exc:  # noqa: BLE001 - Redis down: try again next tick
-                log.warning("tracking events could not be read from Redis: %s", exc)
+                if reading:  # once per outage, not every tick
+                    log.warning("tracking events could not be read from Redis: %s", exc)
+                reading = False
             self.flush()
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ BUSY_RETRY_S = 30
 # Redis (the broker, the ledger, the limiter) or the database did not answer. Not the
 # job's fault: it never spends the retry budget and is never dead-lettered for it.
 INFRASTRUCTURE = (redis.RedisError, OperationalError, SQLAlchemyError)
+INFRASTRUCTURE_RETRY_S = 5  # once Redis answers again, the job goes back out this soon
 
 Action = Literal["retry", "defer", "dead", "wait"]
 
@@ -78,5 +79,5 @@ def decide(exc: BaseException | None, *, retries: int, settings: Settings) -> De
             # spending its budget, until the operator fixes the setting.
             return Decision("defer", backoff(getattr(exc, "attempts", 1), settings))
         case _ if isinstance(exc, INFRASTRUCTURE):
-            return Decision("wait", backoff(1, settings))
+            return Decision("wait", INFRASTRUCTURE_RETRY_S)
     return Decision("dead", reason="crashed")  # a bug, or a worker lost mid-send too often

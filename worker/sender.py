@@ -51,11 +51,10 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
 
 
 class _Connection:
-    def __init__(self, smtp: smtplib.SMTP, on_close: Callable[[], object]) -> None:
+    def __init__(self, smtp: smtplib.SMTP) -> None:
         self.smtp = smtp
         self.sent = 0
         self.last_used = time.monotonic()
-        self._on_close = on_close
 
     @property
     def fresh(self) -> bool:
@@ -68,17 +67,15 @@ class _Connection:
         )
 
     def close(self) -> None:
-        """QUIT politely."""
+        """QUIT politely. Waits up to SMTP_TIMEOUT_S for the reply: never under the pool lock."""
         try:
             self.smtp.quit()
         except (smtplib.SMTPException, OSError):
             self.smtp.close()
-        self._on_close()
 
     def discard(self) -> None:
         """Drop a connection in an unknown state, without a word to the server."""
         self.smtp.close()
-        self._on_close()
 
 
 class SMTPSender:
@@ -86,6 +83,8 @@ class SMTPSender:
 
     Each connection is used by one thread at a time. A thread takes an idle one or
     opens a new one; connections that fail are closed, never returned to the pool.
+    The lock guards only the pool's bookkeeping: network I/O (connect, QUIT) runs
+    outside it, so a slow server stalls the thread talking to it and no other.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -93,8 +92,12 @@ class SMTPSender:
         self._context = tls_context(settings) if settings.security != "none" else None
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
-        # Providers cap concurrent sessions per account; threads beyond the cap wait here.
-        self._slots = threading.BoundedSemaphore(settings.smtp_max_connections)
+        # Providers cap concurrent sessions per account; threads beyond the cap sleep here
+        # until a connection is returned idle or one is closed and frees its slot.
+        self._available = threading.Condition(self._lock)
+        # Connections counted against the cap: being opened, in use, idle or being closed,
+        # so a session still saying QUIT keeps its slot until the server has let it go.
+        self._open = 0
         self.opened = 0  # connections opened over the sender's life
 
     def connect(self) -> smtplib.SMTP:
@@ -111,18 +114,23 @@ class SMTPSender:
                 smtp = smtplib.SMTP(
                     s.smtp_server, s.smtp_port, local_hostname=helo, timeout=s.smtp_timeout_s
                 )
-            smtp.ehlo()
-            if s.security == "starttls":
-                if not smtp.has_extn("starttls"):
-                    smtp.close()
-                    raise smtplib.SMTPNotSupportedError(
-                        f"{s.smtp_server}:{s.smtp_port} does not offer STARTTLS; "
-                        "refusing to continue in clear text (SMTP_SECURITY=starttls)"
-                    )
-                smtp.starttls(context=self._context)
+            # smtplib closes the socket when its constructor fails, but nothing after it: a
+            # refused login would leave the socket open for as long as its traceback lives.
+            try:
                 smtp.ehlo()
-            if s.email_password and s.login:
-                smtp.login(s.login, s.email_password.get_secret_value())
+                if s.security == "starttls":
+                    if not smtp.has_extn("starttls"):
+                        raise smtplib.SMTPNotSupportedError(
+                            f"{s.smtp_server}:{s.smtp_port} does not offer STARTTLS; "
+                            "refusing to continue in clear text (SMTP_SECURITY=starttls)"
+                        )
+                    smtp.starttls(context=self._context)
+                    smtp.ehlo()
+                if s.email_password and s.login:
+                    smtp.login(s.login, s.email_password.get_secret_value())
+            except BaseException:
+                smtp.close()
+                raise
         except ssl.SSLCertVerificationError as exc:
             raise TLSVerificationError(
                 f"certificate of {s.smtp_server}:{s.smtp_port} did not verify "
@@ -134,28 +142,51 @@ class SMTPSender:
         return smtp
 
     def _checkout(self) -> _Connection:
+        """An idle usable connection, else a new one under the cap, else wait for either."""
+        cap = self._settings.smtp_max_connections
         while True:
-            with self._lock:
-                while self._idle:
-                    conn = self._idle.pop()
-                    if conn.usable():
-                        return conn
-                    conn.close()
-            if self._slots.acquire(timeout=0.05):
-                break
+            with self._available:
+                try:
+                    self._available.wait_for(lambda: self._idle or self._open < cap)
+                except BaseException:  # e.g. a time limit (gevent.Timeout) while waiting:
+                    self._available.notify()  # pass on a wake-up this thread may have taken
+                    raise
+                if not self._idle:
+                    self._open += 1  # the slot is taken before connecting, outside the lock
+                    break
+                conn = self._idle.pop()
+                if conn.usable():
+                    return conn
+            self._retire(conn)  # stale: QUIT outside the lock, then look again
         try:
-            return _Connection(self.connect(), self._slots.release)
+            return _Connection(self.connect())
         except BaseException:
-            self._slots.release()
+            self._free_slot()
             raise
 
     def _checkin(self, conn: _Connection) -> None:
         conn.last_used = time.monotonic()
         if not conn.usable():
-            conn.close()
+            self._retire(conn)
             return
-        with self._lock:
+        with self._available:
             self._idle.append(conn)
+            self._available.notify()  # one connection serves one waiter
+
+    def _retire(self, conn: _Connection, *, polite: bool = True) -> None:
+        """Close a connection out of the pool, then free its slot. Call without the lock."""
+        try:
+            if polite:
+                conn.close()
+            else:
+                conn.discard()
+        finally:
+            self._free_slot()
+
+    def _free_slot(self) -> None:
+        with self._available:
+            self._open -= 1
+            self._available.notify()
 
     def send(
         self, message: EmailMessage | bytes, *, sender: str, recipients: list[str]
@@ -167,10 +198,10 @@ class SMTPSender:
             try:
                 result = self._transaction(conn, data, sender, recipients)
             except _StaleConnection:
-                conn.discard()
+                self._retire(conn, polite=False)
                 continue  # nothing was sent: the server hung up before MAIL FROM
             except BaseException:
-                conn.discard()
+                self._retire(conn, polite=False)
                 raise
             conn.sent += 1
             self._checkin(conn)
@@ -204,7 +235,7 @@ class SMTPSender:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
-            conn.close()
+            self._retire(conn)
 
 
 def _pipelined(conn: _Connection, data: bytes, sender: str, recipients: list[str]) -> SendResult:

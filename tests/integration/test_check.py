@@ -49,3 +49,14 @@ def test_a_bad_setting_fails_the_configuration_check(smtp_server, ca_file):
     out = check(**smtp_env(smtp_server, ca_file, SMTP_PORT="seventy"))
 
     assert out.returncode == 1 and "✗ configuration" in out.stdout and "SMTP_PORT" in out.stdout
+
+
+def test_check_names_the_tracking_database_it_reads_and_where_that_came_from(
+    smtp_server, ca_file, tmp_path
+):
+    env = {**smtp_env(smtp_server, ca_file), "EMAILQ_DATA_DIR": str(tmp_path / "data")}
+    default = check(**env, DATABASE_URL="", EMAILQ_DATABASE_URL="")
+    explicit = check(**env, EMAILQ_DATABASE_URL=f"sqlite:///{tmp_path / 'own.db'}")
+
+    assert f"{tmp_path / 'data' / 'emailq.sqlite3'} (from EMAILQ_DATA_DIR)" in default.stdout
+    assert f"{tmp_path / 'own.db'} (from EMAILQ_DATABASE_URL or DATABASE_URL)" in explicit.stdout

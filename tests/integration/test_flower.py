@@ -1,4 +1,5 @@
-"""Flower against a real worker: authenticated, showing the work, with Prometheus metrics."""
+"""Flower against a real worker: authenticated from any directory, showing the work, with
+Prometheus metrics behind the same credentials."""
 
 import base64
 import json
@@ -14,7 +15,6 @@ import pytest
 from emailq.producer import enqueue_email
 from tests.integration.test_tools import _wait_listening
 from tests.support import free_port
-from tests.support.worker import ROOT
 
 AUTH = "Basic " + base64.b64encode(b"admin:pw-123").decode()
 
@@ -27,19 +27,37 @@ def _get(url: str, *, auth: bool = True) -> str:
         return response.read().decode()
 
 
-@pytest.fixture
-def flower(session_redis):
-    port = free_port()
-    env = {**os.environ, "REDIS_URL": session_redis.url, "FLOWER_BASIC_AUTH": "admin:pw-123"}
-    process = subprocess.Popen(
+def _start(port: int, env: dict[str, str], cwd, *, log=None) -> subprocess.Popen:
+    # Started from a directory that is not the checkout: the rule ships in the package.
+    return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "emailq.worker", "flower", f"--port={port}",
          "--address=127.0.0.1"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=cwd, env=env, stdout=log or subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    _wait_listening(port, process)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(20)
+
+
+@pytest.fixture
+def start_flower(session_redis, tmp_path):
+    started = []
+
+    def start(**extra: str) -> str:
+        port = free_port()
+        env = {**os.environ, "REDIS_URL": session_redis.url, "FLOWER_BASIC_AUTH": "admin:pw-123"}
+        env.update(extra)
+        process = _start(port, env, tmp_path, log=(tmp_path / f"flower-{port}.log").open("w"))
+        started.append(process)
+        _wait_listening(port, process)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(20)
+
+
+@pytest.fixture
+def flower(start_flower):
+    return start_flower()
 
 
 def test_flower_shows_the_workers_tasks_without_bodies_and_counts_them(
@@ -70,20 +88,45 @@ def test_flower_shows_the_workers_tasks_without_bodies_and_counts_them(
     assert secret_body not in json.dumps(task)
     assert "Your code" in _get(f"{flower}/task/{result.id}")
 
-    # And Prometheus metrics count the task's events
+    # And Prometheus metrics count the task's events, for the same credentials only
     metrics = _get(f"{flower}/metrics")
     assert 'flower_events_total{task="emailq.send",type="task-succeeded"' in metrics
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        _get(f"{flower}/metrics", auth=False)
+    assert anonymous.value.code == 401
 
 
-def test_flower_runs_open_only_with_the_explicit_development_flag(session_redis):
+def test_metrics_are_open_to_a_scraper_only_when_explicitly_set(start_flower):
+    flower = start_flower(FLOWER_METRICS_PUBLIC="true")
+
+    assert "flower_events_total" in _get(f"{flower}/metrics", auth=False)
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        _get(f"{flower}/api/tasks", auth=False)
+    assert anonymous.value.code == 401
+
+
+@pytest.mark.parametrize("credentials", [None, " ", ",", ":", "admin", "admin:", ":pw", "a:b,c"])
+def test_flower_refuses_to_start_without_valid_credentials_from_any_directory(
+    session_redis, tmp_path, credentials
+):
+    env = {**os.environ, "REDIS_URL": session_redis.url}
+    env.pop("FLOWER_BASIC_AUTH", None)
+    if credentials is not None:
+        env["FLOWER_BASIC_AUTH"] = credentials
+
+    flower = _start(free_port(), env, tmp_path)
+
+    output, _ = flower.communicate(timeout=60)
+    assert flower.returncode != 0
+    assert "FLOWER_BASIC_AUTH" in output
+    assert "Visit me" not in output
+
+
+def test_flower_runs_open_only_with_the_explicit_development_flag(session_redis, tmp_path):
     port = free_port()
     env = {**os.environ, "REDIS_URL": session_redis.url, "FLOWER_INSECURE_NO_AUTH": "true"}
     env.pop("FLOWER_BASIC_AUTH", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "emailq.worker", "flower", f"--port={port}",
-         "--address=127.0.0.1"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    process = _start(port, env, tmp_path, log=(tmp_path / "flower.log").open("w"))
     try:
         _wait_listening(port, process)
         assert "Flower" in _get(f"http://127.0.0.1:{port}/", auth=False)

@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import text
 
 from emailq.producer import enqueue_email
-from emailq.worker.recorder import recorder
 from emailq.worker.tracking import engine_for, ensure_schema
 from tests.support.faults import FAST_RETRIES, dead_letters
 
@@ -96,8 +95,8 @@ def test_status_stats_and_failed_tell_the_truth_about_a_real_run(
 
 
 def test_a_job_not_yet_taken_by_a_worker_is_queued(session_redis):
+    # Given a job whose "queued" record still waits in Redis: no worker has stored it
     result = enqueue_email.delay(to="ann@example.com", subject="Later", text="x")
-    recorder().flush()
 
     job = json.loads(
         emailq(os.environ["DATABASE_URL"], session_redis.url, "status", result.id, "--json").stdout

@@ -1,6 +1,7 @@
 """``config.load_settings``: defaults, the environment, ``.env``, presets and refusals."""
 
 import os
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -15,6 +16,7 @@ PASSWORD = "hunter2-Zq9!secret"
 def clean_environment(monkeypatch, tmp_path):
     """No setting from the outer environment (or a stray ``.env``) can leak into a test."""
     names = {name.upper() for name in Settings.model_fields}
+    names |= {"EMAILQ_DATA_DIR", "EMAILQ_DATABASE_URL", "EMAILQ_SECRET_KEY"}
     for key in list(os.environ):
         if key.upper() in names:
             monkeypatch.delenv(key)
@@ -114,6 +116,70 @@ def test_environment_variables_win_over_the_dotenv_file(monkeypatch, tmp_path):
     env_file.write_text("SMTP_SERVER=from-file.example.com\n", encoding="utf-8")
     monkeypatch.setenv("SMTP_SERVER", "from-env.example.com")
     assert load_settings(_env_file=env_file).smtp_server == "from-env.example.com"
+
+
+def test_a_dotenv_in_the_working_directory_is_never_read(monkeypatch, tmp_path):
+    (tmp_path / ".env").write_text("SMTP_SERVER=from-cwd.example.com\n", encoding="utf-8")
+    monkeypatch.delenv("EMAILQ_ENV_FILE")
+
+    assert load_settings().smtp_server == "localhost"
+
+
+def test_an_emailq_env_file_that_does_not_exist_is_an_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("EMAILQ_ENV_FILE", str(tmp_path / "missing.env"))
+
+    with pytest.raises(ConfigurationError, match="EMAILQ_ENV_FILE.*missing.env"):
+        load_settings()
+
+
+# Nothing depends on the working directory
+
+
+def test_files_we_write_default_to_the_user_data_directory_not_the_working_directory(tmp_path):
+    import platformdirs
+
+    settings = load()
+
+    assert settings.data_dir == Path(platformdirs.user_data_dir("emailq"))
+    assert settings.data_dir.is_absolute() and tmp_path not in settings.data_dir.parents
+    assert settings.tracking_url == f"sqlite:///{settings.data_dir / 'emailq.sqlite3'}"
+
+
+def test_the_tracking_database_and_its_relative_sqlite_path_live_in_emailq_data_dir(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setenv("EMAILQ_DATA_DIR", str(tmp_path / "data"))
+    assert load().tracking_url == f"sqlite:///{tmp_path / 'data' / 'emailq.sqlite3'}"
+
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///tracking/jobs.db")
+    assert load().tracking_url == f"sqlite:///{tmp_path / 'data' / 'tracking' / 'jobs.db'}"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("EMAILQ_DATA_DIR", "data"), ("TEMPLATES_DIR", "templates"), ("SMTP_CA_FILE", "ca.pem")],
+)
+def test_a_relative_path_is_refused_naming_its_variable(monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+
+    message = refusal()
+
+    assert variable in message and "relative" in message
+
+
+def test_emailq_database_url_wins_over_the_applications_database_url(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db/app")
+    assert load().tracking_url == "postgresql://app@db/app"
+
+    monkeypatch.setenv("EMAILQ_DATABASE_URL", "postgresql://emailq@db/emailq")
+    assert load().tracking_url == "postgresql://emailq@db/emailq"
+
+
+def test_emailq_secret_key_wins_over_the_applications_secret_key(monkeypatch):
+    monkeypatch.setenv("SECRET_KEY", "the-django-secret")
+    monkeypatch.setenv("EMAILQ_SECRET_KEY", "our-own-secret")
+
+    assert load().secret_key.get_secret_value() == "our-own-secret"
 
 
 def test_empty_variable_in_dotenv_means_not_set(tmp_path):
