@@ -76,7 +76,7 @@ def parse(raw: bytes | str) -> dict[str, Any]:
         raise ValueError("retries must be a whole number, 0 or more")
     if entry.get("expires") is not None and not isinstance(entry["expires"], str):
         raise ValueError("expires must be an ISO 8601 time")
-    return entry
+    return {"task": "emailq.send", "retries": 0, "expires": None, **entry}
 
 
 def pending(client: redis.Redis) -> int:

@@ -5,9 +5,9 @@ one step, so two movers never take the same entry, and an entry whose mover died
 before publishing is put back after ``CLAIM_TIMEOUT_S``. The job ledger turns the
 rare double publish from that window into a skipped duplicate, not a second email.
 
-Entries come out of Redis, so they are untrusted: each is parsed on its own, and one
-that does not parse is handed to ``reject`` (the dead-letter queue) without holding
-up the others.
+Entries come out of Redis, so they are untrusted: each is parsed and published on its
+own, and one that cannot be is handed to ``reject`` (the dead-letter queue) without
+holding up the others. Only an outage of Redis or the broker stops a move.
 """
 
 import logging
@@ -20,6 +20,7 @@ import redis
 
 from emailq.core import delayed
 from emailq.core.keys import DELAYED, DELAYED_CLAIMED
+from emailq.worker.retry import INFRASTRUCTURE
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,14 @@ class Mover:
         while items := self._claim(keys=[DELAYED, DELAYED_CLAIMED], args=[now, BATCH]):
             for item in items:
                 try:
-                    entry = delayed.parse(item)
-                except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+                    self.publish(delayed.parse(item))
+                    moved += 1
+                except INFRASTRUCTURE:
+                    raise  # the broker is down: this and the rest stay claimed, recovered later
+                except Exception as exc:  # noqa: BLE001 - this entry alone; the others go on
                     log.error("delayed entry refused (%s): %.200r", exc, item)
                     if self.reject is not None:
                         self.reject(item, exc)
-                else:
-                    self.publish(entry)
-                    moved += 1
                 self.redis.hdel(DELAYED_CLAIMED, item)
             if len(items) < BATCH:
                 break

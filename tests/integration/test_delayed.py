@@ -5,6 +5,7 @@ import time
 from collections import Counter
 
 import pytest
+import redis
 
 from emailq.core import delayed
 from emailq.worker import mover as mover_module
@@ -24,7 +25,7 @@ class Recorder:
 
     def __call__(self, entry: dict) -> None:
         if entry["task_id"] in self.fail_on:
-            raise RuntimeError(f"broker refused {entry['task_id']}")
+            raise redis.ConnectionError(f"broker unreachable for {entry['task_id']}")
         with self._lock:
             self.entries.append(entry)
 
@@ -75,6 +76,23 @@ def test_a_malformed_entry_is_rejected_alone_and_the_others_go_out(client, raw):
 
     assert published.ids == ["a", "b"]
     assert rejected == [raw]
+    assert delayed.pending(client) == 0
+
+
+def test_an_entry_the_broker_refuses_for_itself_is_rejected_alone(client):
+    def publish(item: dict) -> None:
+        if item["task_id"] == "bad":
+            raise TypeError("not serialisable")
+        published.append(item["task_id"])
+
+    published, rejected = [], []
+    mover = Mover(client, publish, reject=lambda item, exc: rejected.append(exc))
+    for job_id in ("a", "bad", "b"):
+        park(client, entry(job_id), T0)
+
+    assert mover.move_due(now=T0) == 2
+
+    assert published == ["a", "b"] and [type(e) for e in rejected] == [TypeError]
     assert delayed.pending(client) == 0
 
 
@@ -185,7 +203,7 @@ def test_an_entry_whose_publish_fails_stays_claimed_and_counted(client):
     mover = Mover(client, Recorder(fail_on={"a"}))
     park(client, entry("a"), T0)
 
-    with pytest.raises(RuntimeError, match="broker refused a"):
+    with pytest.raises(redis.ConnectionError, match="broker unreachable for a"):
         mover.move_due(now=T0 + 1)
 
     assert client.zcard(delayed.DELAYED) == 0
@@ -197,7 +215,7 @@ def test_a_failed_publish_is_not_retried_while_the_claim_is_fresh(client):
     published = Recorder(fail_on={"a"})
     mover = Mover(client, published)
     park(client, entry("a"), T0)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(redis.ConnectionError):
         mover.move_due(now=T0 + 1)
     published.fail_on.clear()
 
@@ -213,7 +231,7 @@ def test_recover_puts_a_stale_claim_back_and_a_later_move_publishes_it(client):
     published = Recorder(fail_on={"a"})
     mover = Mover(client, published)
     park(client, entry("a"), T0)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(redis.ConnectionError):
         mover.move_due(now=T0 + 1)
     published.fail_on.clear()
     later = T0 + 1 + CLAIM_TIMEOUT_S + 1
@@ -233,10 +251,10 @@ def test_recover_leaves_fresh_claims_alone_and_takes_only_stale_ones(client):
     published = Recorder(fail_on={"old", "new"})
     mover = Mover(client, published)
     park(client, entry("old"), T0)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(redis.ConnectionError):
         mover.move_due(now=T0)
     park(client, entry("new"), T0 + 50)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(redis.ConnectionError):
         mover.move_due(now=T0 + 50)
     published.fail_on.clear()
     now = T0 + CLAIM_TIMEOUT_S + 5  # "old" claimed 65 s ago, "new" 15 s ago
@@ -254,7 +272,7 @@ def test_entries_claimed_behind_a_failed_publish_are_recovered_too(client):
     mover = Mover(client, published)
     for i, job in enumerate("abcd"):
         park(client, entry(job), T0 + i)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(redis.ConnectionError):
         mover.move_due(now=T0 + 10)
     published.fail_on.clear()
     assert published.ids == ["a"]

@@ -61,3 +61,45 @@ def test_a_sending_event_settled_later_in_the_same_batch_is_not_written():
 
     assert kept == [("attempt", "a"), ("sent", "a"), ("retrying", "b"), ("sending", "b"),
                     ("sending", "c")]  # fmt: skip
+
+
+def test_a_full_backlog_drops_the_oldest_events_counts_them_and_says_so(monkeypatch, caplog):
+    # Given a database that is down and room for five events
+    monkeypatch.setattr(recorder_module, "FLUSH_INTERVAL_S", 3600)
+    monkeypatch.setattr(recorder_module, "MAX_BACKLOG", 5)
+    store = Store(down=True)
+    rec = Recorder(store_factory=lambda: store)
+
+    # When eight events arrive, and a write fails and puts its batch back
+    for i in range(8):
+        rec.emit("sent", f"job-{i}")
+    assert rec.flush() is False
+
+    # Then the three oldest were given up, the newest kept, and the drop logged
+    store.down = False
+    assert rec.flush() is True
+    assert [e["job_id"] for b in store.batches for e in b] == [f"job-{i}" for i in range(3, 8)]
+    assert rec.dropped == 3
+    assert "oldest events dropped" in caplog.text
+
+
+def test_producer_events_from_redis_are_checked_before_they_are_stored(monkeypatch):
+    import json
+
+    monkeypatch.setattr(recorder_module, "FLUSH_INTERVAL_S", 3600)
+    good = {"kind": "queued", "job_id": "j1", "at": 1.0, "recipients": ["a@x.org"]}
+    raw = [
+        json.dumps(good).encode(),
+        b"not json",
+        json.dumps({**good, "kind": "sent"}).encode(),  # only "queued" may come from producers
+        json.dumps({**good, "recipients": "a@x.org"}).encode(),
+        json.dumps({**good, "job_id": "x" * 65}).encode(),
+    ]
+    batches = [raw]
+    store = Store()
+    rec = Recorder(store_factory=lambda: store, source=lambda n: batches.pop() if batches else [])
+
+    assert rec.drain() == 5
+    assert rec.flush() is True
+
+    assert [e["job_id"] for b in store.batches for e in b] == ["j1"]
