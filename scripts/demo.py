@@ -125,6 +125,7 @@ def start_worker(stack: ExitStack, redis_url: str, sink_port: int) -> None:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "EMAIL_"))},
         "EMAILQ_ENV_FILE": os.devnull,  # the demo never reads real SMTP credentials
+        "EMAILQ_DATA_DIR": str(VAR / "data"),  # the demo's tracking store stays in var/
         "REDIS_URL": redis_url,
         "SMTP_SERVER": "127.0.0.1",
         "SMTP_PORT": str(sink_port),

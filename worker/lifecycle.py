@@ -60,8 +60,8 @@ def _dead_letter(sender=None, task_id=None, exception=None, kwargs=None, einfo=N
     if not _ours(sender) or sender.name not in TASKS:
         return
     decision = decide(exception, retries=sender.request.retries or 0, settings=get_settings())
-    if decision.action != "dead":  # infrastructure: the broker gives the job back
-        log.warning("job %s: %s; left for the broker to deliver again", task_id, exception)
+    if decision.action != "dead":  # the task bodies act on these themselves, before this
+        log.error("job %s: %s outside the task body; not dead-lettered", task_id, exception)
         return
     traceback = getattr(einfo, "traceback", None)
     deadletter.bury(

@@ -55,9 +55,9 @@ class WorkerTask(Task):
 def send(self: WorkerTask, **payload: Any) -> dict[str, Any]:
     """One email."""
     settings = get_settings()
-    job = EmailJob.from_dict(payload)  # a payload of the wrong shape: dead-lettered as invalid
-    sender, ledger, limiter = shared()
     try:
+        job = EmailJob.from_dict(payload)  # a payload of the wrong shape: dead as invalid
+        sender, ledger, limiter = shared()
         return deliver(
             job, job_id=self.request.id, sender=sender, ledger=ledger, settings=settings,
             limiter=limiter,
@@ -83,6 +83,11 @@ def send_many(self: WorkerTask, jobs: list[dict[str, Any]]) -> dict[str, int]:
     except chunks.Interrupted as stop:  # Redis is down: the rest of the chunk waits for it
         decision = decide(stop.error, retries=0, settings=get_settings())
         raise _again(self, {"jobs": stop.left}, decision, stop.error, queue=queue) from None
+    except Exception as exc:  # before any job was settled, e.g. an unreadable SMTP_CA_FILE
+        decision = decide(exc, retries=self.request.retries, settings=get_settings())
+        if decision.action == "dead":
+            raise
+        raise _again(self, {"jobs": jobs}, decision, exc, queue=queue) from None
     if left:  # alerts are waiting: the rest of the chunk queues again behind them
         send_many.apply_async(kwargs={"jobs": left}, queue=queue)
         counts["requeued"] = len(left)

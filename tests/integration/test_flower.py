@@ -105,7 +105,8 @@ def test_metrics_are_open_to_a_scraper_only_when_explicitly_set(start_flower):
     assert anonymous.value.code == 401
 
 
-@pytest.mark.parametrize("credentials", [None, " ", ",", ":", "admin", "admin:", ":pw", "a:b,c"])
+# Every malformed form is refused in tests/unit/test_flower_auth.py; here, the real command.
+@pytest.mark.parametrize("credentials", [None, " :pw-123"])
 def test_flower_refuses_to_start_without_valid_credentials_from_any_directory(
     session_redis, tmp_path, credentials
 ):
