@@ -298,6 +298,10 @@ def load_settings(**overrides: Any) -> Settings:
     env_file = overrides.pop("_env_file", None) or os.environ.get("EMAILQ_ENV_FILE") or None
     if env_file is not None:
         path = Path(env_file).expanduser()
+        if not path.is_absolute():  # it would name a different file in every directory
+            raise ConfigurationError(
+                f"EMAILQ_ENV_FILE: {str(path)!r} is relative; give an absolute path"
+            )
         if str(path) != os.devnull and not path.is_file():
             raise ConfigurationError(f"EMAILQ_ENV_FILE: no such file: {str(path)!r}")
         env_file = path

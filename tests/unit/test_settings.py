@@ -125,6 +125,14 @@ def test_a_dotenv_in_the_working_directory_is_never_read(monkeypatch, tmp_path):
     assert load_settings().smtp_server == "localhost"
 
 
+def test_a_relative_emailq_env_file_is_an_error(monkeypatch, tmp_path):
+    (tmp_path / "app.env").write_text("SMTP_SERVER=relay.example.net\n", encoding="utf-8")
+    monkeypatch.setenv("EMAILQ_ENV_FILE", "app.env")
+
+    with pytest.raises(ConfigurationError, match="EMAILQ_ENV_FILE.*relative"):
+        load_settings()
+
+
 def test_an_emailq_env_file_that_does_not_exist_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setenv("EMAILQ_ENV_FILE", str(tmp_path / "missing.env"))
 
