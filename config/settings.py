@@ -103,11 +103,17 @@ class Settings(BaseSettings):
     retry_backoff_max_s: int = 4000
     retry_jitter: bool = True  # full jitter: retries of one outage spread over [0, backoff]
 
-    visibility_timeout_s: int = 3600  # unacknowledged jobs return to the queue after this
+    # Unacknowledged jobs return to the queue after this. The job lock and the ledger make an
+    # early redelivery harmless, so it is short: a crashed worker's jobs go out again within
+    # VISIBILITY_TIMEOUT_S + LOCK_TTL_S (15 s) + the 5 s restore sweep.
+    visibility_timeout_s: int = 300
 
     idempotency_window_s: int = 24 * 3600  # a repeated idempotency_key within this sends once
     templates_dir: Path | None = None  # absolute; NAME.subject/.txt/.html, before the packaged ones
     max_attachment_bytes: int = 20 * 1024 * 1024  # 20 MiB: what most providers accept
+    # Per body (text, html): far above any real notification, far below what would fill
+    # Redis; a job is stored three times over (queue, result, dead letter) at worst.
+    max_body_bytes: int = 2 * 1024 * 1024
     email_check_deliverability: bool = False  # DNS lookups on every address when True
 
     # Signs verification links; long and random. EMAILQ_SECRET_KEY wins over SECRET_KEY.
@@ -207,7 +213,7 @@ class Settings(BaseSettings):
             raise ValueError("must be 1 or more")
         return value
 
-    @field_validator("max_retries", "max_attachment_bytes")
+    @field_validator("max_retries", "max_attachment_bytes", "max_body_bytes")
     @classmethod
     def _not_negative(cls, value: int) -> int:
         if value < 0:

@@ -15,6 +15,9 @@ from emailq.core.errors import InvalidEmail
 from emailq.core.keys import QUEUES
 
 PRIORITIES = QUEUES
+# What str.splitlines() breaks a line at, besides CR and LF: never allowed in a header.
+BREAKING = ("\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+HEADER_UNSAFE = frozenset(("\r", "\n", "\0", *BREAKING))
 CHUNK_SIZE = 25  # jobs per bulk chunk task: one SMTP session's worth
 
 
@@ -101,7 +104,7 @@ class EmailJob:
         if not data.get("to"):
             raise InvalidEmail("malformed job payload: 'to' must list at least one address")
         attachments = _field(data, "attachments", list, [])
-        return cls(
+        job = cls(
             to=_strings(data, "to"),
             subject=_field(data, "subject", str, None, required=True),
             text=_field(data, "text", str, None),
@@ -115,6 +118,10 @@ class EmailJob:
             idempotency_key=_field(data, "idempotency_key", str, None),
             batch_id=_field(data, "batch_id", str, None),
         )
+        if job.text is None and job.html is None:
+            raise InvalidEmail("malformed job payload: no body (text or html)")
+        _header_safe(job)
+        return job
 
     def tracking_info(self) -> dict[str, Any]:
         """What the tracking store keeps of a job: no bodies, no attachments."""
@@ -201,3 +208,17 @@ def payload_summary(task: str, kwargs: Any) -> dict[str, Any]:
         return EmailJob.from_dict(kwargs).summary()
     except InvalidEmail:
         return {"malformed": sorted(str(k) for k in kwargs)[:20]}
+
+
+def _header_safe(job: EmailJob) -> None:
+    """No line break of any kind, nor NUL, in what becomes a header or an SMTP command."""
+    values = [
+        ("subject", job.subject), *(("address", a) for a in (*job.to, *job.cc, *job.bcc)),
+        *(("reply_to", a) for a in job.reply_to), *(("headers", h) for h in job.headers),
+        *(("headers", v) for v in job.headers.values()),
+        *(("attachments", a.filename) for a in job.attachments),
+        *(("attachments", a.mimetype) for a in job.attachments),
+    ]  # fmt: skip
+    for name, value in values:
+        if not HEADER_UNSAFE.isdisjoint(value):
+            raise InvalidEmail(f"malformed job payload: a line break or NUL in {name}")

@@ -16,7 +16,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from emailq.config import Settings
 from emailq.core.errors import InvalidEmail
-from emailq.core.job import PRIORITIES, Attachment, EmailJob
+from emailq.core.job import BREAKING, PRIORITIES, Attachment, EmailJob
 from emailq.core.rendering import render
 
 KEYWORDS = frozenset(
@@ -36,7 +36,9 @@ RESERVED_HEADERS = frozenset(
     }
 )  # fmt: skip
 HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII except ':'
-FORBIDDEN = ("\r", "\n", "\0")
+# NUL, and every character str.splitlines() breaks a line at: the email package folds
+# or splits headers at them too, so any of them in a header could smuggle in another.
+FORBIDDEN = ("\r", "\n", "\0", *BREAKING)
 # A bare addr-spec (no display name, comment, quoting or list) needs no parsing first.
 # RFC 5322 dot-atom: the ASCII local parts email-validator accepts unchanged.
 DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
@@ -181,13 +183,16 @@ def _attachments(value: Any, *, limit: int, read_files: bool) -> tuple[Attachmen
     return attachments
 
 
-def _body(field: str, value: Any) -> str | None:
+def _body(field: str, value: Any, *, limit: int) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
         raise InvalidEmail(f"{field}: expected a string, got {type(value).__name__}")
     if "\0" in value:
         raise InvalidEmail(f"{field}: contains NUL")
+    # Characters first (cheap), then bytes: a body of 4-byte characters is 4x its length.
+    if len(value) > limit or len(value.encode("utf-8", "surrogatepass")) > limit:
+        raise InvalidEmail(f"{field}: larger than MAX_BODY_BYTES ({limit} bytes)")
     return value or None
 
 
@@ -213,8 +218,8 @@ def validate_job(
         raise InvalidEmail("context: given without a template")
     if "subject" not in kwargs:
         raise InvalidEmail("subject: required")
-    text = _body("text", kwargs.get("text"))
-    html = _body("html", kwargs.get("html"))
+    text = _body("text", kwargs.get("text"), limit=settings.max_body_bytes)
+    html = _body("html", kwargs.get("html"), limit=settings.max_body_bytes)
     if text is None and html is None:
         raise InvalidEmail("text/html: no body; give text, html or both")
     priority = kwargs.get("priority") or "normal"

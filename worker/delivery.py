@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from typing import Any
 
 from emailq.config import Settings, get_settings
@@ -23,6 +24,7 @@ from emailq.core.job import EmailJob
 from emailq.core.store import redis_client
 from emailq.worker.classify import classify, classify_reply
 from emailq.worker.ledger import JobState, Ledger
+from emailq.worker.locks import Renewer
 from emailq.worker.ratelimit import RateLimiter, limiter_for
 from emailq.worker.recorder import recorder
 from emailq.worker.sender import SendResult, SMTPSender
@@ -52,9 +54,9 @@ class Outcome:
     error: Exception | None = None  # raised after recording; None means done
 
 
-def lock_ttl_s(settings: Settings) -> int:
-    # One send is at most a handful of SMTP commands, each bounded by the timeout.
-    return int(max(60, 10 * settings.smtp_timeout_s))
+def send_deadline_s(settings: Settings) -> float:
+    """The longest one send may hold its job: a handful of SMTP commands, each bounded."""
+    return max(60.0, 10 * settings.smtp_timeout_s)
 
 
 def deliver(
@@ -73,14 +75,14 @@ def deliver(
     ``JobBusy`` (another worker holds the job), ``RateLimited`` or ``WorkerLost``.
     """
     from_ = settings.sender
-    token, state = ledger.begin(job_id, lock_ttl_s=lock_ttl_s(settings))
+    token, state = ledger.begin(job_id, hold_s=send_deadline_s(settings))
     if token is None:
         raise JobBusy(f"job {job_id} is being delivered by another worker")
     recorded = False
     try:
         if state.final is not None:
             log.info("job %s already %s; skipping the duplicate delivery", job_id, state.final)
-            return report(job_id, from_.domain, state, duplicate=True)
+            return report(job_id, from_.domain, state, job=job, duplicate=True)
         if state.unrecorded_starts > MAX_LOST_STARTS:
             raise WorkerLost(f"job {job_id}: {state.unrecorded_starts - 1} workers died sending it")
         pending = [r for r in job.recipients if r not in state.delivered and r not in state.failed]
@@ -105,11 +107,11 @@ def deliver(
                 "job %s sent to %d recipient(s), %d refused: %s %s",
                 job_id, len(result.accepted), len(result.refused), *result.reply,
             )  # fmt: skip
+        recorded = True  # from here the ledger owns the write, even if Redis is away
         record(outcome, job_id=job_id, state=state, ledger=ledger, token=token, info=info)
-        recorded = True
         if outcome.error is not None:
             raise outcome.error
-        return report(job_id, from_.domain, state, sent_at=time.time())
+        return report(job_id, from_.domain, state, job=job, sent_at=time.time())
     finally:
         if not recorded:
             ledger.release(job_id, token)
@@ -176,25 +178,38 @@ def record(
     outcome: Outcome, *, job_id: str, state: JobState, ledger: Ledger, token: str,
     info: dict[str, Any],
 ) -> None:  # fmt: skip
-    """Write the attempt to the ledger (releasing the lock), then to the tracking store."""
+    """Write the attempt to the tracking store, then to the ledger (releasing the lock).
+
+    A ledger write that fails is kept by the ledger and written once Redis answers.
+    """
+    for rcpt, (code, text) in outcome.attempt.get("refused", {}).items():
+        log.warning("job %s: recipient %s refused: %s %s", job_id, rcpt, code, text)
+    track = recorder()
+    track.emit("attempt", job_id, **outcome.attempt)
+    if outcome.final == "sent":
+        track.emit("sent", job_id, info, attempts=len(state.attempts) + 1)
     ledger.record(
         job_id, state, delivered=list(outcome.delivered), failed=outcome.failed, token=token,
         final=outcome.final, attempt=outcome.attempt,
     )  # fmt: skip
-    track = recorder()
-    track.emit("attempt", job_id, **outcome.attempt)
-    if outcome.final == "sent":
-        track.emit("sent", job_id, info, attempts=len(state.attempts))
-    for rcpt, (code, text) in outcome.attempt.get("refused", {}).items():
-        log.warning("job %s: recipient %s refused: %s %s", job_id, rcpt, code, text)
 
 
-def report(job_id: str, sender_domain: str, state: JobState, **extra: Any) -> dict[str, Any]:
-    """The task's result: the Message-ID and who has the message."""
+def report(
+    job_id: str, sender_domain: str, state: JobState, *, job: EmailJob, **extra: Any
+) -> dict[str, Any]:
+    """The task's result: the Message-ID and who has the message.
+
+    Results are kept for days and shown by Flower, so Bcc recipients appear as a count.
+    """
+    hidden = {parseaddr(a)[1] for a in job.bcc} - {parseaddr(a)[1] for a in (*job.to, *job.cc)}
     return {
         "message_id": f"<{job_id}@{sender_domain}>",
-        "accepted": sorted(state.delivered),
-        "refused": {r: list(reply) for r, reply in state.failed.items()},
+        "accepted": sorted(state.delivered - hidden),
+        "refused": {r: list(reply) for r, reply in state.failed.items() if r not in hidden},
+        "bcc": {
+            "accepted": len(state.delivered & hidden),
+            "refused": len(set(state.failed) & hidden),
+        },
         **extra,
     }
 
@@ -209,7 +224,9 @@ def shared() -> tuple[SMTPSender, Ledger, RateLimiter | None]:
     with _shared_lock:
         if _shared is None:
             settings = get_settings()
-            _shared = (SMTPSender(settings), Ledger(redis_client()), limiter_for(settings))
+            client = redis_client()
+            ledger = Ledger(client, renewer=Renewer(client))
+            _shared = (SMTPSender(settings), ledger, limiter_for(settings))
         return _shared
 
 

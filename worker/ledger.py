@@ -7,17 +7,26 @@ hands a job to a second worker once the visibility timeout passes).
 """
 
 import json
+import logging
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from emailq.core.keys import JOB
+from emailq.worker.locks import LOCK_TTL_S, Renewer
+
+log = logging.getLogger(__name__)
+
 # Longer than any retry schedule or dead-letter replay window: forgetting a job's
 # delivered recipients is what would let a late replay send twice.
 STATE_TTL_S = 30 * 24 * 3600
-PREFIX = "emailq:job:"
+PREFIX = JOB
+RETRY_WRITES_S = 0.5  # how often unwritten outcomes are tried again while Redis is away
 
 # Take the lock; only a taker counts as a start. Returns {locked, HGETALL of the state}.
 # A script is not rolled back when a command in it fails: if the state cannot be read
@@ -74,17 +83,39 @@ class JobState:
 
 
 class Ledger:
-    def __init__(self, client: redis.Redis) -> None:
+    """The ledger, and the outcomes this process owes it.
+
+    An outcome that cannot be written (Redis went away after the server took the
+    message) is kept in memory and written as soon as Redis answers, by a background
+    thread, and in any case before this process takes the job again.
+    """
+
+    def __init__(self, client: redis.Redis, *, renewer: Renewer | None = None) -> None:
         self.redis = client
+        self.renewer = renewer
         self._begin = client.register_script(_BEGIN)
         self._release = client.register_script(_RELEASE)
+        self._unwritten: dict[str, list[Callable[[], Any]]] = {}
+        self._writing = threading.Lock()  # one flush at a time: writes stay in order
+        self._writer: threading.Thread | None = None
 
-    def begin(self, job_id: str, *, lock_ttl_s: int) -> tuple[str | None, JobState]:
-        """Take the job's lock and read its state in one round trip. Token is None if busy."""
+    def begin(
+        self, job_id: str, *, lock_ttl_s: float = LOCK_TTL_S, hold_s: float | None = None
+    ) -> tuple[str | None, JobState]:
+        """Take the job's lock and read its state in one round trip. Token is None if busy.
+
+        With a renewer, the lock is kept alive for up to ``hold_s`` while the job runs.
+        """
+        if job_id in self._unwritten:
+            self.flush(job_id)  # raises while Redis is away: the job waits for it
         token = uuid.uuid4().hex
         key = PREFIX + job_id
-        locked, flat = self._begin(keys=[key, key + ":lock"], args=[token, lock_ttl_s, STATE_TTL_S])
+        locked, flat = self._begin(
+            keys=[key, key + ":lock"], args=[token, int(lock_ttl_s), STATE_TTL_S]
+        )
         raw = dict(zip(flat[::2], flat[1::2], strict=True))
+        if locked and self.renewer is not None and hold_s is not None:
+            self.renewer.hold(key + ":lock", token, for_s=hold_s)
         return (token if locked else None), JobState.from_hash(raw)
 
     def record(
@@ -98,7 +129,11 @@ class Ledger:
         final: str | None = None,
         token: str | None = None,
     ) -> None:
-        """Write an attempt's outcome (and release the lock) in one round trip."""
+        """Write an attempt's outcome (and release the lock) in one round trip.
+
+        Raises ``redis.RedisError`` if Redis is away; the outcome is then kept and
+        written once it answers (``flush``).
+        """
         key = PREFIX + job_id
         mapping: dict[str, str] = {f"d:{r}": "1" for r in delivered}
         for rcpt, reply in (failed or {}).items():
@@ -110,13 +145,65 @@ class Ledger:
             mapping["final"] = final
         state.delivered.update(delivered)
         state.failed.update(failed or {})
-        pipe = self.redis.pipeline(transaction=False)
-        if mapping:
-            pipe.hset(key, mapping=mapping)
-            pipe.expire(key, STATE_TTL_S)
-        if token is not None:
-            self._release(keys=[key + ":lock"], args=[token], client=pipe)
-        pipe.execute()
+
+        def write() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            if mapping:
+                pipe.hset(key, mapping=mapping)
+                pipe.expire(key, STATE_TTL_S)
+            if token is not None:
+                self._release(keys=[key + ":lock"], args=[token], client=pipe)
+            pipe.execute()
+
+        try:
+            if job_id in self._unwritten:  # earlier outcomes first, in order
+                with self._writing:
+                    self._unwritten.setdefault(job_id, []).append(write)
+                self.flush(job_id)
+            else:  # the usual case: no lock shared between threads, one round trip
+                write()
+                if token is not None:
+                    self._let_go(job_id)
+        except redis.RedisError:
+            with self._writing:
+                owed = self._unwritten.setdefault(job_id, [])
+                if write not in owed:
+                    owed.append(write)
+            log.error("job %s: outcome not written, Redis is away; kept until it answers", job_id)
+            self._start_writer()
+            raise
+
+    def flush(self, job_id: str | None = None) -> None:
+        """Write the outcomes still owed (one job's, or all), oldest first."""
+        with self._writing:
+            for jid in [job_id] if job_id is not None else list(self._unwritten):
+                writes = self._unwritten.get(jid, [])
+                while writes:
+                    writes[0]()  # idempotent: a write that did land is harmless again
+                    writes.pop(0)
+                self._unwritten.pop(jid, None)
+                if self.renewer is not None:
+                    self.renewer.drop(PREFIX + jid + ":lock")
+
+    def unwritten(self) -> list[str]:
+        with self._writing:
+            return list(self._unwritten)
+
+    def _start_writer(self) -> None:
+        with self._writing:
+            if self._writer is not None and self._writer.is_alive():
+                return
+            self._writer = threading.Thread(target=self._write_owed, name="emailq-ledger")
+            self._writer.daemon = True
+            self._writer.start()
+
+    def _write_owed(self) -> None:
+        while self.unwritten():
+            try:
+                self.flush()
+                log.warning("outcomes kept while Redis was away are written")
+            except redis.RedisError:
+                time.sleep(RETRY_WRITES_S)
 
     def defer(self, job_id: str, token: str) -> None:
         """Give the job back untouched: release the lock and uncount this start."""
@@ -125,9 +212,15 @@ class Ledger:
         pipe.hincrby(key, "starts", -1)
         self._release(keys=[key + ":lock"], args=[token], client=pipe)
         pipe.execute()
+        self._let_go(job_id)
 
     def release(self, job_id: str, token: str) -> None:
+        self._let_go(job_id)
         self._release(keys=[PREFIX + job_id + ":lock"], args=[token])
+
+    def _let_go(self, job_id: str) -> None:
+        if self.renewer is not None:
+            self.renewer.drop(PREFIX + job_id + ":lock")
 
     def state(self, job_id: str) -> JobState:
         return JobState.from_hash(self.redis.hgetall(PREFIX + job_id))

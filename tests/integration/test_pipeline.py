@@ -59,7 +59,7 @@ def test_html_report_with_attachment_and_cc_reply_to_headers(smtp_server, start_
 def test_bcc_is_in_the_envelope_only(smtp_server, start_worker):
     start_worker(smtp_server)
 
-    enqueue_email.delay(
+    result = enqueue_email.delay(
         to="ann@example.com", bcc=["audit@example.com"], subject="Receipt", text="Thanks"
     ).get(timeout=30)
 
@@ -67,6 +67,10 @@ def test_bcc_is_in_the_envelope_only(smtp_server, start_worker):
     assert "audit@example.com" in received.rcpt_tos
     assert b"audit@example.com" not in received.data
     assert received.message["Bcc"] is None
+    # The task's result, kept for days and shown by Flower, counts Bcc recipients only
+    assert result["accepted"] == ["ann@example.com"]
+    assert result["bcc"] == {"accepted": 1, "refused": 0}
+    assert "audit@example.com" not in str(result)
 
 
 def test_html_only_mail_gets_a_generated_text_part(smtp_server, start_worker):

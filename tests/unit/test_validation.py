@@ -73,7 +73,17 @@ def test_non_ascii_local_part_is_refused(settings):
     refused(settings, "to", to="jörg@example.com")
 
 
-BREAKS = {"CR": "\r", "LF": "\n", "NUL": "\0"}
+BREAKS = {
+    "CR": "\r", "LF": "\n", "NUL": "\0", "VT": "\v", "FF": "\f", "FS": "\x1c", "GS": "\x1d",
+    "RS": "\x1e", "NEL": "\x85", "LS": "\u2028", "PS": "\u2029",
+}  # fmt: skip
+
+
+def test_every_character_splitlines_breaks_at_is_covered():
+    breakers = {c for c in map(chr, range(0x3000)) if len(f"a{c}b".splitlines()) > 1}
+    assert breakers <= set(BREAKS.values())
+
+
 INJECTION = "Bcc: victim@evil.example"
 
 
@@ -500,6 +510,15 @@ def test_a_file_path_is_never_read_outside_the_applications_call(settings, tmp_p
         validate(job_kwargs(attachments=[str(secret)]), settings)
 
 
+@pytest.mark.parametrize("field", ["text", "html"])
+def test_a_body_over_max_body_bytes_is_refused_naming_the_limit(field):
+    small = load_settings(_env_file=os.devnull, max_body_bytes=1000)
+
+    assert validate_job(job_kwargs(**{field: "é" * 500}), small)  # 1000 bytes: at the limit
+    with pytest.raises(InvalidEmail, match=f"{field}: larger than MAX_BODY_BYTES"):
+        validate_job(job_kwargs(**{field: "é" * 501}), small)  # 501 characters, 1002 bytes
+
+
 def test_a_wire_payload_naming_a_file_is_refused_without_reading_it(tmp_path):
     secret = tmp_path / "environ"
     secret.write_text("EMAIL_PASSWORD=hunter2")
@@ -521,6 +540,10 @@ def test_a_wire_payload_naming_a_file_is_refused_without_reading_it(tmp_path):
         {"to": ["ann@example.com"], "subject": "s", "headers": {"X-A": 1}},
         {"to": ["ann@example.com"], "subject": "s", "priority": "urgent"},
         {"to": [], "subject": "s", "text": "t"},
+        {"to": ["ann@example.com"], "subject": "s"},  # no body
+        {"to": ["ann@example.com"], "subject": "Hi\u2028Bcc: x@evil.example", "text": "t"},
+        {"to": ["ann@example.com"], "subject": "s", "text": "t", "headers": {"X-A": "a\x85b"}},
+        {"to": ["ann@example.com\vBcc: x@evil.example"], "subject": "s", "text": "t"},
     ],
 )
 def test_a_payload_of_the_wrong_shape_is_refused_as_invalid(payload):
