@@ -103,12 +103,18 @@ class Settings(BaseSettings):
     retry_backoff_max_s: int = 4000
     retry_jitter: bool = True  # full jitter: retries of one outage spread over [0, backoff]
 
+    # A job not sent after this long is dead-lettered as expired (Postfix's
+    # maximal_queue_lifetime): deferrals that spend no budget would otherwise wait for ever.
+    max_job_age_s: int = 5 * 24 * 3600
     # Unacknowledged jobs return to the queue after this. The job lock and the ledger make an
     # early redelivery harmless, so it is short: a crashed worker's jobs go out again within
     # VISIBILITY_TIMEOUT_S + LOCK_TTL_S (15 s) + the 5 s restore sweep.
     visibility_timeout_s: int = 300
 
     idempotency_window_s: int = 24 * 3600  # a repeated idempotency_key within this sends once
+    # Producers refuse new jobs (QueueFull) above this share of Redis's maxmemory, so a full
+    # Redis under noeviction never refuses the workers' own writes while they drain it.
+    redis_soft_limit_percent: float = Field(default=80.0, gt=0, le=100)
     templates_dir: Path | None = None  # absolute; NAME.subject/.txt/.html, before the packaged ones
     max_attachment_bytes: int = 20 * 1024 * 1024  # 20 MiB: what most providers accept
     # Per body (text, html): far above any real notification, far below what would fill

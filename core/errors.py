@@ -12,13 +12,60 @@ classes here.
 from emailq.config.errors import ConfigurationError, EmailQError
 
 __all__ = [
-    "AuthenticationFailed", "ConfigurationError", "DeliveryError", "EmailQError", "InvalidEmail",
-    "JobBusy", "PermanentError", "RateLimited", "TLSVerificationError", "TransientError",
+    "AuthenticationFailed", "BrokerUnavailable", "ConfigurationError", "DeliveryError",
+    "EmailQError", "InvalidEmail", "JobBusy", "JobExpired", "PermanentError", "QueueFull",
+    "RateLimited", "TLSVerificationError", "TransientError",
 ]  # fmt: skip
 
 
 class InvalidEmail(EmailQError, ValueError):
     """The producer refused a job's input; nothing was published."""
+
+
+class BrokerUnavailable(EmailQError, ConnectionError):
+    """Redis (REDIS_URL) did not answer in time; nothing was published, so retry later."""
+
+    @classmethod
+    def at(cls, redis_url: str, reason: object) -> "BrokerUnavailable":
+        """The error for ``redis_url``, its password masked: messages end up in logs."""
+        return cls(
+            f"cannot reach Redis at REDIS_URL={_sanitized_url(redis_url)} ({reason}); "
+            "nothing was published: retry once Redis is back, or fix REDIS_URL"
+        )
+
+
+class QueueFull(BrokerUnavailable):
+    """Redis is above REDIS_SOFT_LIMIT_PERCENT of maxmemory; nothing was published, retry later.
+
+    A ``BrokerUnavailable`` (so one ``except`` covers "try again later"), not bad input:
+    the producers stop short of a full Redis so that workers, which need memory for their
+    own bookkeeping to drain the queues, keep working.
+    """
+
+    def __init__(self, used_percent: float, limit_percent: float) -> None:
+        super().__init__(
+            f"Redis memory use is {used_percent:.0f}% of maxmemory, above "
+            f"REDIS_SOFT_LIMIT_PERCENT={limit_percent:g}; nothing was published. Workers are "
+            "draining the queues: retry later, or raise Redis's maxmemory"
+        )
+        self.used_percent = used_percent
+        self.limit_percent = limit_percent
+
+    def __reduce__(self) -> tuple:  # the two numbers, not the message, rebuild it
+        return type(self), (self.used_percent, self.limit_percent)
+
+
+def _sanitized_url(url: str) -> str:
+    """``url`` with its passwords masked; ``sentinel://`` lists are masked part by part."""
+    from kombu.utils.url import maybe_sanitize_url  # kombu loads on first use, not on import
+
+    masked = []
+    for part in url.split(";"):
+        try:
+            masked.append(maybe_sanitize_url(part.strip()))
+        except ValueError:  # unparsable: show the scheme only, never the raw text
+            masked.append(part.partition("://")[0] + "://?")
+    return ";".join(masked)
 
 
 class _SMTPReply:
@@ -56,6 +103,10 @@ class AuthenticationFailed(_SMTPReply, ConfigurationError):
 
 class JobBusy(EmailQError):
     """Another worker is delivering this job right now; look again later."""
+
+
+class JobExpired(EmailQError):
+    """The job waited longer than MAX_JOB_AGE_S to go out; dead-lettered as expired."""
 
 
 class RateLimited(EmailQError):

@@ -66,6 +66,7 @@ class EmailJob:
     priority: str = "normal"
     idempotency_key: str | None = None
     batch_id: str | None = None
+    queued_at: float | None = None  # epoch seconds, set when first published: MAX_JOB_AGE_S
 
     @property
     def recipients(self) -> list[str]:
@@ -88,6 +89,8 @@ class EmailJob:
         if self.attachments:
             data["attachments"] = [a.to_dict() for a in self.attachments]
         data["priority"] = self.priority
+        if self.queued_at is not None:
+            data["queued_at"] = self.queued_at
         return data
 
     @classmethod
@@ -117,6 +120,7 @@ class EmailJob:
             priority=_priority(data),
             idempotency_key=_field(data, "idempotency_key", str, None),
             batch_id=_field(data, "batch_id", str, None),
+            queued_at=_queued_at(data),
         )
         if job.text is None and job.html is None:
             raise InvalidEmail("malformed job payload: no body (text or html)")
@@ -222,3 +226,10 @@ def _header_safe(job: EmailJob) -> None:
     for name, value in values:
         if not HEADER_UNSAFE.isdisjoint(value):
             raise InvalidEmail(f"malformed job payload: a line break or NUL in {name}")
+
+
+def _queued_at(data: dict) -> float | None:
+    value = data.get("queued_at")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise InvalidEmail("malformed job payload: 'queued_at' must be epoch seconds")
+    return None if value is None else float(value)

@@ -28,7 +28,7 @@ from emailq.worker.recorder import recorder
 log = logging.getLogger(__name__)
 
 QUEUE = Queue(DEAD_LETTER, routing_key=DEAD_LETTER)
-REASONS = ("permanent", "exhausted", "invalid", "crashed")
+REASONS = ("permanent", "exhausted", "invalid", "crashed", "expired")
 
 
 def bury(

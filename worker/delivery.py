@@ -16,6 +16,7 @@ from emailq.config import Settings, get_settings
 from emailq.core.errors import (
     ConfigurationError,
     JobBusy,
+    JobExpired,
     PermanentError,
     RateLimited,
     TransientError,
@@ -75,6 +76,11 @@ def deliver(
     ``JobBusy`` (another worker holds the job), ``RateLimited`` or ``WorkerLost``.
     """
     from_ = settings.sender
+    if job.queued_at is not None and time.time() - job.queued_at > settings.max_job_age_s:
+        # Nothing waits for ever, not even a job deferred without spending its budget.
+        raise JobExpired(
+            f"job {job_id} waited longer than MAX_JOB_AGE_S ({settings.max_job_age_s} s)"
+        )
     token, state = ledger.begin(job_id, hold_s=send_deadline_s(settings))
     if token is None:
         raise JobBusy(f"job {job_id} is being delivered by another worker")

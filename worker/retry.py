@@ -19,6 +19,7 @@ from emailq.core.errors import (
     ConfigurationError,
     InvalidEmail,
     JobBusy,
+    JobExpired,
     PermanentError,
     RateLimited,
     TransientError,
@@ -64,6 +65,8 @@ def decide(exc: BaseException | None, *, retries: int, settings: Settings) -> De
     match exc:
         case InvalidEmail():
             return Decision("dead", reason="invalid")
+        case JobExpired():
+            return Decision("dead", reason="expired")
         case PermanentError():
             return Decision("dead", reason="permanent")
         case TransientError() if retries >= settings.max_retries:

@@ -76,3 +76,18 @@ def test_a_replay_sends_the_dead_job_even_after_its_idempotency_key_moved_on(
     assert replayed.returncode == 0, replayed.stderr
     assert smtp_server.handler.wait_for(1)[0].message["Subject"] == "Receipt"
     assert session_redis.client().get(IDEMPOTENCY + "order-42-receipt") == b"another-job"
+
+
+def test_a_job_older_than_max_job_age_is_dead_lettered_as_expired_not_sent(
+    smtp_server, start_worker, session_redis
+):
+    start_worker(smtp_server, MAX_JOB_AGE_S="60", **FAST_RETRIES)
+    old = {"to": ["ann@example.com"], "subject": "s", "text": "t", "queued_at": time.time() - 61}
+    fresh = {**old, "to": ["bob@example.com"], "queued_at": time.time()}
+
+    app.tasks["emailq.send"].apply_async(kwargs=old, task_id="old-job")
+    app.tasks["emailq.send"].apply_async(kwargs=fresh, task_id="fresh-job")
+
+    [dead] = dead_letters(session_redis.client())
+    assert (dead["job_id"], dead["reason"]) == ("old-job", "expired")
+    assert [m.rcpt_tos for m in smtp_server.handler.wait_for(1)] == [["bob@example.com"]]

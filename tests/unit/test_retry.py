@@ -13,6 +13,7 @@ from emailq.core.errors import (
     ConfigurationError,
     InvalidEmail,
     JobBusy,
+    JobExpired,
     PermanentError,
     RateLimited,
     TransientError,
@@ -49,6 +50,7 @@ def test_a_transient_failure_past_the_budget_is_dead_as_exhausted(settings):
         (PermanentError("550 no such user"), "permanent"),
         (InvalidEmail("malformed job payload"), "invalid"),
         (WorkerLost("workers died sending it"), "crashed"),
+        (JobExpired("waited longer than MAX_JOB_AGE_S"), "expired"),
         (KeyError("a bug"), "crashed"),
     ],
 )
