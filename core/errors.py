@@ -12,7 +12,8 @@ classes here.
 from emailq.config.errors import ConfigurationError, EmailQError
 
 __all__ = [
-    "AuthenticationFailed", "BrokerUnavailable", "ConfigurationError", "DeliveryError",
+    "AuthenticationFailed", "BrokerUnavailable", "CircuitOpen", "ConfigurationError",
+    "DeliveryError", "RelayUnavailable",
     "EmailQError", "InvalidEmail", "JobBusy", "JobExpired", "PermanentError", "QueueFull",
     "RateLimited", "TLSVerificationError", "TransientError",
 ]  # fmt: skip
@@ -23,14 +24,14 @@ class InvalidEmail(EmailQError, ValueError):
 
 
 class BrokerUnavailable(EmailQError, ConnectionError):
-    """Redis (REDIS_URL) did not answer in time; nothing was published, so retry later."""
+    """Redis (REDIS_URL) could not take the job in time (within 2 s); retry later."""
 
     @classmethod
     def at(cls, redis_url: str, reason: object) -> "BrokerUnavailable":
         """The error for ``redis_url``, its password masked: messages end up in logs."""
         return cls(
             f"cannot reach Redis at REDIS_URL={_sanitized_url(redis_url)} ({reason}); "
-            "nothing was published: retry once Redis is back, or fix REDIS_URL"
+            "the job was not queued: retry once Redis is back, or fix REDIS_URL"
         )
 
 
@@ -103,6 +104,22 @@ class AuthenticationFailed(_SMTPReply, ConfigurationError):
 
 class JobBusy(EmailQError):
     """Another worker is delivering this job right now; look again later."""
+
+
+class RelayUnavailable(TransientError):
+    """The SMTP relay could not be reached; deferred without spending the retry budget."""
+
+    def __init__(self, message: str, *, wait_s: float) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s
+
+
+class CircuitOpen(EmailQError):
+    """The relay's circuit is open after a run of connection failures; the job waits."""
+
+    def __init__(self, wait_s: float, account: str) -> None:
+        super().__init__(f"SMTP relay {account} is unreachable; held back for {wait_s:.0f}s")
+        self.wait_s = wait_s
 
 
 class JobExpired(EmailQError):

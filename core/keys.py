@@ -10,3 +10,5 @@ DELAYED = "emailq:delayed"  # sorted set of parked jobs, scored by due time
 DELAYED_CLAIMED = "emailq:delayed:claimed"  # entries a mover took and has not published yet
 COOLDOWN = "emailq:cooldown:"  # + check:host -> set while an alert cools down
 EVENTS = "emailq:events"  # tracking events from producers, written to the store by workers
+QUARANTINE = "emailq:quarantine"  # broker-queue items no worker could read, as JSON records
+CIRCUIT = "emailq:circuit:"  # + relay:port:login -> the circuit breaker's keys

@@ -54,7 +54,7 @@ def deliver_chunk(
     Jobs are left only when ``should_yield`` said so between two jobs (checked at most
     every ``YIELD_CHECK_S``); the caller publishes them again as a new chunk.
     """
-    sender, ledger, limiter = shared()
+    common = shared()
     counts = {"sent": 0, "handed_off": 0, "dead": 0}
     checked = time.monotonic()
     for index, item in enumerate(jobs):
@@ -71,8 +71,8 @@ def deliver_chunk(
         try:
             job = EmailJob.from_dict(payload)
             deliver(
-                job, job_id=job_id, sender=sender, ledger=ledger, settings=settings,
-                limiter=limiter,
+                job, job_id=job_id, sender=common.sender, ledger=common.ledger,
+                settings=settings, limiter=common.limiter, circuit=common.circuit,
             )  # fmt: skip
             counts["sent"] += 1
         except Exception as exc:  # noqa: BLE001 - every outcome is settled by the one decision

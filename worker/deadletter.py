@@ -37,7 +37,7 @@ def bury(
 ) -> None:  # fmt: skip
     """Put the job in the dead-letter queue and record it as dead."""
     job = job if isinstance(job, dict) else {"malformed": repr(job)[:2000]}
-    ledger = shared()[1]
+    ledger = shared().ledger
     state = ledger.state(job_id)
     entry = make_entry(job_id, job, exc, state, reason=reason, traceback=traceback)
     try:

@@ -6,9 +6,10 @@ so the outcome logic is tested without a worker, an SMTP server or Redis.
 """
 
 import logging
+import smtplib
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from typing import Any
 
@@ -19,10 +20,12 @@ from emailq.core.errors import (
     JobExpired,
     PermanentError,
     RateLimited,
+    RelayUnavailable,
     TransientError,
 )
 from emailq.core.job import EmailJob
 from emailq.core.store import redis_client
+from emailq.worker.circuit import BASE_S, Circuit, account
 from emailq.worker.classify import classify, classify_reply
 from emailq.worker.ledger import JobState, Ledger
 from emailq.worker.locks import Renewer
@@ -68,12 +71,14 @@ def deliver(
     ledger: Ledger,
     settings: Settings,
     limiter: RateLimiter | None = None,
+    circuit: Circuit | None = None,
 ) -> dict[str, Any]:
     """Send ``job`` to every recipient that does not have it yet.
 
     Raises ``TransientError`` (some recipients should be retried), ``PermanentError``
     (some can never be reached; the rest are recorded), ``ConfigurationError``,
-    ``JobBusy`` (another worker holds the job), ``RateLimited`` or ``WorkerLost``.
+    ``JobBusy`` (another worker holds the job), ``RateLimited``, ``CircuitOpen`` or
+    ``RelayUnavailable`` (the relay cannot be reached), ``JobExpired`` or ``WorkerLost``.
     """
     from_ = settings.sender
     if job.queued_at is not None and time.time() - job.queued_at > settings.max_job_age_s:
@@ -81,6 +86,8 @@ def deliver(
         raise JobExpired(
             f"job {job_id} waited longer than MAX_JOB_AGE_S ({settings.max_job_age_s} s)"
         )
+    if circuit is not None:
+        circuit.check()  # raises CircuitOpen while the relay is held back
     token, state = ledger.begin(job_id, hold_s=send_deadline_s(settings))
     if token is None:
         raise JobBusy(f"job {job_id} is being delivered by another worker")
@@ -105,9 +112,15 @@ def deliver(
             outcome = judge_error(exc, pending, attempts=len(state.attempts) + 1)
             if outcome is None:
                 raise  # a bug: dead-lettered as crashed, with its traceback
+            if circuit is not None and relay_failure(exc, outcome.error):
+                wait = circuit.failed()
+                relay = RelayUnavailable(str(outcome.error), wait_s=max(wait, BASE_S))
+                outcome = replace(outcome, error=relay)
             if outcome.error is not exc:
                 outcome.error.__cause__ = exc  # type: ignore[union-attr]
         else:
+            if circuit is not None:
+                circuit.succeeded()
             outcome = judge_result(result, earlier_failed=state.failed)
             log.info(
                 "job %s sent to %d recipient(s), %d refused: %s %s",
@@ -153,6 +166,16 @@ def judge_result(result: SendResult, *, earlier_failed: dict[str, Reply]) -> Out
             smtp_code=code, smtp_text=text, recipients=refused,
         )  # fmt: skip
     return Outcome(attempt, tuple(result.accepted), permanent, "sent" if clean else None, error)
+
+
+def relay_failure(exc: BaseException, error: Exception | None) -> bool:
+    """The relay itself failed (no connection, a dropped one), not this message."""
+    if not isinstance(error, TransientError):
+        return False
+    if isinstance(exc, smtplib.SMTPConnectError):  # a 4xx greeting
+        return True
+    replied = (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused)
+    return isinstance(exc, OSError) and not isinstance(exc, replied)
 
 
 def judge_error(exc: BaseException, pending: list[str], *, attempts: int) -> Outcome | None:
@@ -220,19 +243,31 @@ def report(
     }
 
 
-_shared: tuple[SMTPSender, Ledger, RateLimiter | None] | None = None
+@dataclass(frozen=True)
+class Shared:
+    """What every thread of a worker process shares: one pool, one ledger, one breaker."""
+
+    sender: SMTPSender
+    ledger: Ledger
+    limiter: RateLimiter | None
+    circuit: Circuit
+
+
+_shared: Shared | None = None
 _shared_lock = threading.Lock()
 
 
-def shared() -> tuple[SMTPSender, Ledger, RateLimiter | None]:
-    """The process's sender, ledger and limiter; the sender's pool serves every thread."""
+def shared() -> Shared:
+    """The process's sender, ledger, limiter and circuit breaker, made on first use."""
     global _shared
     with _shared_lock:
         if _shared is None:
             settings = get_settings()
             client = redis_client()
-            ledger = Ledger(client, renewer=Renewer(client))
-            _shared = (SMTPSender(settings), ledger, limiter_for(settings))
+            _shared = Shared(
+                SMTPSender(settings), Ledger(client, renewer=Renewer(client)),
+                limiter_for(settings), Circuit(client, account(settings)),
+            )  # fmt: skip
         return _shared
 
 
@@ -240,4 +275,4 @@ def close_shared_sender() -> None:
     """QUIT the process's SMTP connections, if it ever opened any."""
     with _shared_lock:
         if _shared is not None:
-            _shared[0].close()
+            _shared.sender.close()

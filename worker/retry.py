@@ -16,12 +16,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from emailq.config import Settings
 from emailq.core.errors import (
+    CircuitOpen,
     ConfigurationError,
     InvalidEmail,
     JobBusy,
     JobExpired,
     PermanentError,
     RateLimited,
+    RelayUnavailable,
     TransientError,
 )
 
@@ -69,6 +71,8 @@ def decide(exc: BaseException | None, *, retries: int, settings: Settings) -> De
             return Decision("dead", reason="expired")
         case PermanentError():
             return Decision("dead", reason="permanent")
+        case RelayUnavailable() | CircuitOpen():  # the relay's fault, not the job's
+            return Decision("defer", max(1, math.ceil(exc.wait_s)))
         case TransientError() if retries >= settings.max_retries:
             return Decision("dead", reason="exhausted")
         case TransientError():

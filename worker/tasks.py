@@ -57,10 +57,10 @@ def send(self: WorkerTask, **payload: Any) -> dict[str, Any]:
     settings = get_settings()
     try:
         job = EmailJob.from_dict(payload)  # a payload of the wrong shape: dead as invalid
-        sender, ledger, limiter = shared()
+        common = shared()
         return deliver(
-            job, job_id=self.request.id, sender=sender, ledger=ledger, settings=settings,
-            limiter=limiter,
+            job, job_id=self.request.id, sender=common.sender, ledger=common.ledger,
+            settings=settings, limiter=common.limiter, circuit=common.circuit,
         )  # fmt: skip
     except Exception as exc:
         decision = decide(exc, retries=self.request.retries, settings=settings)

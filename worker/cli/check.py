@@ -36,6 +36,22 @@ def _smtp(settings: Settings) -> str:
     return f"{settings.smtp_server}:{settings.smtp_port}: EHLO, {steps}, {login}"
 
 
+def _circuit(settings: Settings) -> str:
+    from emailq.core.store import connect
+    from emailq.worker.circuit import Circuit, account
+
+    state = Circuit(connect(settings), account(settings)).state()
+    if state["state"] == "closed":
+        return f"closed ({state['failures']} recent connection failures)"
+    left = ""
+    if "seconds_left" in state:
+        left = f", {state['seconds_left']:.0f}s before the next probe"
+    raise RuntimeError(
+        f"{state['state']} after {state['failures']} connection failures{left}: workers hold "
+        f"every job back from {settings.smtp_server}:{settings.smtp_port}"
+    )
+
+
 def _database(settings: Settings) -> str:
     from emailq.worker.tracking import TrackingStore, engine_for, ensure_schema
 
@@ -61,7 +77,8 @@ def check() -> None:
         sys.exit(1)
     console.print(f"[green]✓[/] configuration: SMTP_SECURITY={settings.security}", highlight=False)
     checks: list[tuple[str, Callable[[Settings], str]]] = [
-        ("redis", _redis), ("smtp", _smtp), ("tracking database", _database),
+        ("redis", _redis), ("smtp", _smtp), ("smtp circuit", _circuit),
+        ("tracking database", _database),
     ]  # fmt: skip
     failures = 0
     for name, probe in checks:
