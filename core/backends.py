@@ -1,4 +1,5 @@
-"""Celery's Redis transport and result backend, without two costs per ``delay()``.
+"""Celery's Redis transport and result backend, without two costs per ``delay()``, and a
+consumer that one malformed queue item cannot stop.
 
 - kombu's Redis channel builds a new ``redis.Redis`` object (and its table of ~170 reply
   callbacks) for every message it publishes, which costs more CPU than the LPUSH itself.
@@ -7,10 +8,33 @@
   published, and UNSUBSCRIBEs when the ``AsyncResult`` is collected: two round trips for
   results that are rarely awaited. ``AsyncResult.get()`` still subscribes when called, and
   then reads the stored result, so a job that finished before ``get()`` is still found.
+- kombu decodes each item it pops from a queue list and builds its message without a
+  guard: an item that is not a kombu envelope (``LPUSH normal garbage``, a JSON list, an
+  object without ``properties.delivery_tag``...) raised out of the consumer and stopped the
+  worker, or was dropped as a "lost connection". These channels move such an item to
+  ``emailq:quarantine`` (a JSON record with the queue, the raw item and the error), log an
+  ERROR, and go on with the next item.
 """
+
+import json
+import logging
+import time
+from queue import Empty
+from typing import Any
 
 from celery.backends import redis as celery_redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+from emailq.core.keys import QUARANTINE
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_RAW_BYTES = 64 * 1024  # of an item kept in its record: enough to see what it was
+_LOG_EXCERPT_BYTES = 48  # of an item shown in the log: its repr stays under 200 chars
+_ERROR_CHARS = 200  # kombu's JSON errors can quote the whole object
 
 
 class _ReusedClient:
@@ -23,11 +47,150 @@ class _ReusedClient:
         return client
 
 
-class Channel(_ReusedClient, kombu_redis.Channel):
+class MalformedItem(ValueError):
+    """A queue item that kombu cannot turn into a message."""
+
+
+def envelope_problem(payload: object) -> str | None:
+    """Why a decoded queue item is not the envelope kombu publishes, or None if it is.
+
+    kombu's ``Channel.prepare_message`` always writes these keys; everything that reads a
+    message (kombu's ``Message``, its QoS, Celery's consumer) indexes them without a check.
+    """
+    if not isinstance(payload, dict):
+        return f"not a message envelope but a JSON {type(payload).__name__}"
+    properties = payload.get("properties")
+    if not isinstance(properties, dict):
+        return "no 'properties' object"
+    tag = properties.get("delivery_tag")
+    if not isinstance(tag, str) or not tag:
+        return "no 'properties.delivery_tag' string"
+    info = properties.get("delivery_info")
+    if info is not None and not isinstance(info, dict):
+        return "'properties.delivery_info' is not an object"
+    if not isinstance(payload.get("body"), str):
+        return "no 'body' string"
+    if not isinstance(payload.get("headers"), dict):
+        return "no 'headers' object"
+    for key in ("content-type", "content-encoding"):
+        if not isinstance(payload.get(key), str):
+            return f"no {key!r} string"
+    return None
+
+
+class _CheckedMessage(virtual.Message):
+    """kombu's message, raising ``MalformedItem`` (and nothing else) for a bad envelope.
+
+    kombu builds the message before it records the delivery as unacknowledged, so an
+    envelope refused here left no trace in its QoS: there is nothing to ack or restore.
+    """
+
+    def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        problem = envelope_problem(payload)
+        if problem is None:
+            try:
+                super().__init__(payload, channel=channel, **kwargs)
+                return
+            except Exception as exc:  # noqa: BLE001 - e.g. a body its body_encoding cannot decode
+                problem = f"{type(exc).__name__}: {exc}"
+        raise MalformedItem(problem)
+
+
+class _QuarantinesMalformed:
+    """Moves queue items kombu cannot deliver to ``QUARANTINE`` instead of raising.
+
+    Both of kombu's reading paths are kombu 5.7's code with the decoding guarded: the
+    BRPOP read the worker consumes with, and ``_get`` behind ``basic_get``. An item popped
+    from a list exists nowhere else, so a refused one is always written somewhere.
+    """
+
+    Message = _CheckedMessage
+
+    def _brpop_read(self, **options: Any) -> bool:
+        # kombu 5.7's Channel._brpop_read, except the decode-and-deliver step (tests pin its
+        # source: tests/integration/test_malformed_queue.py).
+        chan: Any = self  # kombu's Channel: kombu has no type hints
+        try:
+            try:
+                dest__item = chan.client.parse_response(chan.client.connection, "BRPOP", **options)
+            except chan.connection_errors:
+                # Disconnect so that the next poll reconnects.
+                chan.client.connection.disconnect()
+                raise
+            if not dest__item:
+                raise Empty()
+            dest, item = dest__item
+            queue = bytes_to_str(dest).rsplit(chan.sep, 1)[0]
+            chan._queue_cycle.rotate(queue)
+            try:
+                # The message is built (and refused) before kombu adds it to `unacked`.
+                chan.connection._deliver(_decode(item), queue)
+            except MalformedItem as exc:
+                self._quarantine(queue, item, exc)
+            return True
+        finally:
+            chan._in_poll = None
+            # The BRPOP connection is idle here: kombu flushes a pending re-auth token now.
+            chan._flush_brpop_reauth()
+
+    def _get(self, queue: str) -> dict[str, Any]:
+        # kombu 5.7's Channel._get, going on to the next item past a malformed one.
+        chan: Any = self
+        with chan.conn_or_acquire() as client:
+            for pri in chan.priority_steps:
+                while item := client.rpop(chan._q_for_pri(queue, pri)):
+                    try:
+                        payload = _decode(item)
+                        # basic_get builds the message after this returns, out of reach of
+                        # the raw item; build it once here (basic_get is not the worker's path).
+                        chan.Message(payload, channel=self)
+                    except MalformedItem as exc:
+                        self._quarantine(queue, item, exc)
+                        continue
+                    chan._maybe_update_queues_expire(client, queue)
+                    return payload
+            chan._maybe_update_queues_expire(client, queue)
+            raise Empty()
+
+    def _quarantine(self, queue: str, item: bytes, exc: MalformedItem) -> None:
+        error = str(exc)[:_ERROR_CHARS]
+        excerpt = repr(item[:_LOG_EXCERPT_BYTES])
+        record = {
+            "queue": queue,
+            "raw": item[:QUARANTINE_RAW_BYTES].decode("utf-8", errors="replace"),
+            "size": len(item),  # larger than `raw` says the record holds only its start
+            "error": error,
+            "at": time.time(),
+        }
+        try:
+            with self.conn_or_acquire() as client:  # type: ignore[attr-defined]
+                client.lpush(QUARANTINE, json.dumps(record))
+        except Exception:  # noqa: BLE001 - the log is the last copy left; the next BRPOP
+            # meets a broker outage like any other and reconnects.
+            log.critical(
+                "queue %s: malformed item of %d bytes LOST, quarantine write failed (%s); "
+                "starts %s", queue, len(item), error, excerpt, exc_info=True,
+            )  # fmt: skip
+            return
+        log.error(
+            "queue %s: malformed item of %d bytes moved to %s: %s; starts %s",
+            queue, len(item), QUARANTINE, error, excerpt,
+        )  # fmt: skip
+
+
+def _decode(item: bytes) -> Any:
+    # As kombu decodes (bytes_to_str replaces invalid UTF-8), but a failure is the item's fault.
+    try:
+        return loads(bytes_to_str(item))
+    except Exception as exc:  # noqa: BLE001 - kombu's object hook raises more than ValueError
+        raise MalformedItem(f"not JSON: {type(exc).__name__}: {exc}") from exc
+
+
+class Channel(_ReusedClient, _QuarantinesMalformed, kombu_redis.Channel):
     pass
 
 
-class SentinelChannel(_ReusedClient, kombu_redis.SentinelChannel):
+class SentinelChannel(_ReusedClient, _QuarantinesMalformed, kombu_redis.SentinelChannel):
     pass
 
 

@@ -7,7 +7,8 @@ as it is. Attachment bytes travel base64-encoded under ``content_b64``.
 
 import base64
 import binascii
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from typing import Any
 
@@ -149,6 +150,11 @@ class EmailJob:
             info["attachments"] = [f"{a.filename} ({len(a.content)} B)" for a in self.attachments]
         info["priority"] = self.priority
         return info
+
+
+def stamped(job: EmailJob) -> EmailJob:
+    """The job with the time it was first queued, which ``MAX_JOB_AGE_S`` counts from."""
+    return job if job.queued_at is not None else replace(job, queued_at=time.time())
 
 
 def chunk_item(job_id: str, job: EmailJob) -> dict[str, Any]:

@@ -12,3 +12,4 @@ COOLDOWN = "emailq:cooldown:"  # + check:host -> set while an alert cools down
 EVENTS = "emailq:events"  # tracking events from producers, written to the store by workers
 QUARANTINE = "emailq:quarantine"  # broker-queue items no worker could read, as JSON records
 CIRCUIT = "emailq:circuit:"  # + relay:port:login -> the circuit breaker's keys
+MARKER = "emailq:marker"  # written once by the first worker: its absence means Redis lost its data

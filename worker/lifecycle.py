@@ -24,6 +24,7 @@ from emailq.core.store import redis_client
 from emailq.worker import deadletter
 from emailq.worker.app import app
 from emailq.worker.delivery import close_shared_sender
+from emailq.worker.marker import Watch
 from emailq.worker.mover import Mover
 from emailq.worker.recorder import recorder
 from emailq.worker.retry import decide
@@ -108,6 +109,7 @@ def _start(sender: Any = None, **_: Any) -> None:
                         reason="invalid")  # fmt: skip
 
     _mover = Mover(redis_client(), publish, reject=reject).start()
+    Watch(redis_client()).start()
     recorder()
 
 

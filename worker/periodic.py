@@ -17,7 +17,7 @@ from celery.schedules import crontab
 
 from emailq.config import Settings, get_settings
 from emailq.core.alerts import alert_job, cooling_down
-from emailq.core.job import EmailJob
+from emailq.core.job import EmailJob, stamped
 from emailq.core.store import redis_client
 from emailq.core.validation import validate_job
 from emailq.worker.app import app
@@ -65,7 +65,7 @@ def check_system() -> list[str]:
 
 def publish(job: EmailJob) -> str:
     """Queue a job created here; returns its id."""
-    result = send.apply_async(kwargs=job.to_dict(), queue=job.priority)
+    result = send.apply_async(kwargs=stamped(job).to_dict(), queue=job.priority)
     recorder().emit("queued", result.id, job.tracking_info())
     return result.id
 

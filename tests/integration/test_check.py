@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from emailq.worker.marker import plant
 from tests.integration.conftest import smtp_env
 from tests.support import free_port, smtp
 
@@ -18,11 +19,12 @@ def check(**env: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def test_every_piece_passes_when_everything_is_reachable(smtp_server, ca_file):
+def test_every_piece_passes_when_everything_is_reachable(smtp_server, ca_file, session_redis):
+    plant(session_redis.client())  # as the first worker to start does
     out = check(**smtp_env(smtp_server, ca_file))
 
     assert out.returncode == 0, out.stdout + out.stderr
-    for piece in ("configuration", "redis", "smtp", "tracking database"):
+    for piece in ("configuration", "redis", "smtp", "smtp circuit", "tracking database"):
         assert f"✓ {piece}" in out.stdout
     assert "STARTTLS, certificate verified, logged in as sender@example.com" in out.stdout
 

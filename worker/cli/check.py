@@ -1,6 +1,7 @@
 """``emailq check``: configuration and connectivity, one line per piece, with the reason."""
 
 import sys
+import time
 from collections.abc import Callable
 
 import click
@@ -14,11 +15,25 @@ from emailq.worker.classify import classify
 console = Console()
 
 
+class Notice(Exception):
+    """Something an operator should know that is not a failure (printed with "!")."""
+
+
 def _redis(settings: Settings) -> str:
     import redis
 
-    redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5).ping()
-    return maybe_sanitize_url(settings.redis_url)
+    from emailq.core.keys import MARKER
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    client.ping()
+    marker = client.get(MARKER)
+    if marker is None:
+        raise Notice(
+            f"{maybe_sanitize_url(settings.redis_url)} answers but holds no {MARKER}: no "
+            "worker has started against it yet, or it lost its data (restarted empty, flushed)"
+        )
+    since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(marker)))
+    return f"{maybe_sanitize_url(settings.redis_url)} (its data kept since {since})"
 
 
 def _smtp(settings: Settings) -> str:
@@ -84,6 +99,8 @@ def check() -> None:
     for name, probe in checks:
         try:
             detail = probe(settings)
+        except Notice as notice:  # worth knowing, not a failure
+            console.print(f"[yellow]![/] {name}: {notice}", highlight=False)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, none stops the list
             failures += 1
             console.print(f"[red]✗[/] {name}: {_reason(exc)}", highlight=False)
