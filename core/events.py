@@ -14,7 +14,7 @@ import redis
 
 from emailq.core.keys import EVENTS, QUEUES
 
-KINDS = ("queued", "requeued", "sending", "attempt", "retrying", "sent", "dead")
+KINDS = ("queued", "requeued", "sending", "attempt", "retrying", "sent", "partial", "dead")
 PRODUCER_KINDS = ("queued",)  # what may arrive through Redis
 
 

@@ -48,6 +48,7 @@ def deliver_chunk(
     hand_off: HandOff,
     dead_letter: DeadLetter,
     should_yield: Callable[[], bool] | None = None,
+    bury_refused: Callable[[str, dict], Any],
 ) -> tuple[dict[str, int], list[Any]]:
     """Send the jobs in order; returns counts (sent, handed off, dead) and the jobs left.
 
@@ -70,12 +71,16 @@ def deliver_chunk(
         job_id, payload = item["id"], item["job"]
         try:
             job = EmailJob.from_dict(payload)
-            deliver(
+            result = deliver(
                 job, job_id=job_id, sender=common.sender, ledger=common.ledger,
                 settings=settings, limiter=common.limiter, circuit=common.circuit,
             )  # fmt: skip
+            if result["status"] == "partial" and not result.get("duplicate"):
+                bury_refused(job_id, payload)
             counts["sent"] += 1
         except Exception as exc:  # noqa: BLE001 - every outcome is settled by the one decision
+            if getattr(exc, "permanent", None):  # refused for good while others are retried
+                bury_refused(job_id, payload)
             decision = decide(exc, retries=0, settings=settings)
             if decision.action == "wait":
                 raise Interrupted(exc, jobs[index:]) from exc

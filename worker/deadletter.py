@@ -33,9 +33,14 @@ REASONS = ("permanent", "exhausted", "invalid", "crashed", "expired")
 
 def bury(
     app: Celery, job_id: str, job: Any, exc: BaseException | None, *, reason: str,
-    traceback: str | None = None,
+    traceback: str | None = None, over: bool = True,
 ) -> None:  # fmt: skip
-    """Put the job in the dead-letter queue and record it as dead."""
+    """Put the job in the dead-letter queue, one entry per job id, replacing an earlier one.
+
+    ``over=True``: the job is finished, ``dead``, or ``partial`` if someone has it.
+    ``over=False``: only some recipients were refused for good; the job goes on (the
+    others are being retried, or already have it) and its verdict is recorded elsewhere.
+    """
     job = job if isinstance(job, dict) else {"malformed": repr(job)[:2000]}
     ledger = shared().ledger
     state = ledger.state(job_id)
@@ -45,10 +50,20 @@ def bury(
     except Exception:  # noqa: BLE001 - the broker is gone: the log is the last place left
         log.critical("job %s: dead-letter publish failed; entry: %r", job_id, entry)
         raise
-    ledger.record(job_id, state, final="dead")
-    track = recorder()
-    track.emit("dead", job_id, job, attempts=len(state.attempts), last_error=entry["error"])
+    _drop_older(ledger.redis, job_id)
     log.error("job %s dead-lettered (%s): %s", job_id, reason, entry["error"])
+    if not over:
+        return
+    verdict = "partial" if state.delivered else "dead"
+    ledger.record(job_id, state, final=verdict)
+    track = recorder()
+    track.emit(verdict, job_id, job, attempts=len(state.attempts), last_error=entry["error"])
+
+
+def _drop_older(client: redis.Redis, job_id: str) -> None:
+    """Keep only the newest entry for ``job_id``: it lists every refused recipient."""
+    for stored in [s for s in read(client) if s.entry.get("job_id") == job_id][:-1]:
+        remove(client, stored)
 
 
 def make_entry(

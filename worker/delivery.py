@@ -95,7 +95,7 @@ def deliver(
     try:
         if state.final is not None:
             log.info("job %s already %s; skipping the duplicate delivery", job_id, state.final)
-            return report(job_id, from_.domain, state, job=job, duplicate=True)
+            return report(job_id, from_.domain, state, job=job, status=state.final, duplicate=True)
         if state.unrecorded_starts > MAX_LOST_STARTS:
             raise WorkerLost(f"job {job_id}: {state.unrecorded_starts - 1} workers died sending it")
         pending = [r for r in job.recipients if r not in state.delivered and r not in state.failed]
@@ -121,7 +121,9 @@ def deliver(
         else:
             if circuit is not None:
                 circuit.succeeded()
-            outcome = judge_result(result, earlier_failed=state.failed)
+            outcome = judge_result(
+                result, earlier_failed=state.failed, earlier_delivered=state.delivered
+            )
             log.info(
                 "job %s sent to %d recipient(s), %d refused: %s %s",
                 job_id, len(result.accepted), len(result.refused), *result.reply,
@@ -130,20 +132,35 @@ def deliver(
         record(outcome, job_id=job_id, state=state, ledger=ledger, token=token, info=info)
         if outcome.error is not None:
             raise outcome.error
-        return report(job_id, from_.domain, state, job=job, sent_at=time.time())
+        return report(
+            job_id, from_.domain, state, job=job, status=outcome.final, sent_at=time.time()
+        )
     finally:
         if not recorded:
             ledger.release(job_id, token)
 
 
-def judge_result(result: SendResult, *, earlier_failed: dict[str, Reply]) -> Outcome:
-    """The outcome of a send the server took: who has it, who was refused, what comes next."""
+def judge_result(
+    result: SendResult,
+    *,
+    earlier_failed: dict[str, Reply],
+    earlier_delivered: set[str] | frozenset[str] = frozenset(),
+) -> Outcome:
+    """The outcome of a send the server took: who has it, who was refused, what comes next.
+
+    - everyone has it: ``sent``;
+    - some deferred (4xx): a ``TransientError`` for them alone, carrying in ``permanent``
+      those refused for good in this attempt, who are dead-lettered at once;
+    - the rest refused for good, someone has it: ``partial``, and no error;
+    - refused for good, nobody has it: a ``PermanentError``.
+    """
     transient: dict[str, Reply] = {}
     permanent: dict[str, Reply] = {}
     for rcpt, (code, text) in result.refused.items():
         kind = classify_reply(code, text, stage="rcpt")
         (permanent if kind is PermanentError else transient)[rcpt] = (code, text)
     clean = not transient and not permanent and not earlier_failed
+    someone = bool(result.accepted) or bool(earlier_delivered)
     attempt = {
         "outcome": "sent" if clean else "partial",
         "smtp_code": result.reply[0],
@@ -152,12 +169,16 @@ def judge_result(result: SendResult, *, earlier_failed: dict[str, Reply]) -> Out
         "refused": {r: list(v) for r, v in result.refused.items()},
     }
     error: Exception | None = None
+    final = "sent" if clean else None
     if transient:
         code, text = next(iter(transient.values()))
         error = TransientError(
             f"{len(transient)} recipient(s) deferred", smtp_code=code, smtp_text=text,
             recipients=transient,
         )  # fmt: skip
+        error.permanent = permanent  # type: ignore[attr-defined] - dead-lettered now
+    elif (permanent or earlier_failed) and someone:
+        final = "partial"
     elif permanent or earlier_failed:
         refused = {**earlier_failed, **permanent}
         code, text = next(iter(refused.values()))
@@ -165,7 +186,7 @@ def judge_result(result: SendResult, *, earlier_failed: dict[str, Reply]) -> Out
             f"{len(refused)} recipient(s) refused permanently",
             smtp_code=code, smtp_text=text, recipients=refused,
         )  # fmt: skip
-    return Outcome(attempt, tuple(result.accepted), permanent, "sent" if clean else None, error)
+    return Outcome(attempt, tuple(result.accepted), permanent, final, error)
 
 
 def relay_failure(exc: BaseException, error: Exception | None) -> bool:
@@ -215,8 +236,8 @@ def record(
         log.warning("job %s: recipient %s refused: %s %s", job_id, rcpt, code, text)
     track = recorder()
     track.emit("attempt", job_id, **outcome.attempt)
-    if outcome.final == "sent":
-        track.emit("sent", job_id, info, attempts=len(state.attempts) + 1)
+    if outcome.final is not None:  # sent, or partial
+        track.emit(outcome.final, job_id, info, attempts=len(state.attempts) + 1)
     ledger.record(
         job_id, state, delivered=list(outcome.delivered), failed=outcome.failed, token=token,
         final=outcome.final, attempt=outcome.attempt,

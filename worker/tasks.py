@@ -17,7 +17,7 @@ from celery.utils import uuid
 
 from emailq.config import get_settings
 from emailq.core import delayed
-from emailq.core.errors import ConfigurationError, InvalidEmail
+from emailq.core.errors import ConfigurationError, InvalidEmail, PermanentError
 from emailq.core.job import EmailJob, payload_summary
 from emailq.core.keys import QUEUES
 from emailq.core.store import redis_client
@@ -58,11 +58,16 @@ def send(self: WorkerTask, **payload: Any) -> dict[str, Any]:
     try:
         job = EmailJob.from_dict(payload)  # a payload of the wrong shape: dead as invalid
         common = shared()
-        return deliver(
+        result = deliver(
             job, job_id=self.request.id, sender=common.sender, ledger=common.ledger,
             settings=settings, limiter=common.limiter, circuit=common.circuit,
         )  # fmt: skip
+        if result["status"] == "partial" and not result.get("duplicate"):
+            bury_refused(self.request.id, payload)
+        return result
     except Exception as exc:
+        if getattr(exc, "permanent", None):  # refused for good while others are retried
+            bury_refused(self.request.id, payload)
         decision = decide(exc, retries=self.request.retries, settings=settings)
         if decision.action == "dead":
             raise  # the failure signal dead-letters it, with the same decision
@@ -78,6 +83,7 @@ def send_many(self: WorkerTask, jobs: list[dict[str, Any]]) -> dict[str, int]:
     try:
         counts, left = chunks.deliver_chunk(
             jobs, settings=get_settings(), hand_off=_hand_off, dead_letter=_bury,
+            bury_refused=bury_refused,
             should_yield=_alerts_waiting if queue != "high" else None,
         )  # fmt: skip
     except chunks.Interrupted as stop:  # Redis is down: the rest of the chunk waits for it
@@ -138,5 +144,18 @@ def _hand_off(job_id: str, payload: dict, decision: Decision, exc: Exception) ->
     recorder().emit("retrying", job_id, payload, attempts=retries + 1, last_error=str(exc))
 
 
-def _bury(job_id: str, payload: Any, exc: BaseException, *, reason: str, traceback: str) -> None:
+def _bury(
+    job_id: str, payload: Any, exc: BaseException, *, reason: str, traceback: str | None
+) -> None:
     deadletter.bury(app, job_id, payload, exc, reason=reason, traceback=traceback)
+
+
+def bury_refused(job_id: str, payload: dict) -> None:
+    """Dead-letter, at once, the recipients refused for good; the job itself goes on."""
+    refused = shared().ledger.state(job_id).failed
+    code, text = next(iter(refused.values()), (None, None))
+    error = PermanentError(
+        f"{len(refused)} recipient(s) refused permanently", smtp_code=code, smtp_text=text,
+        recipients=dict(refused),
+    )  # fmt: skip
+    deadletter.bury(app, job_id, payload, error, reason="permanent", over=False)

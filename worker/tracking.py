@@ -30,8 +30,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-STATUSES = ("queued", "sending", "retrying", "sent", "dead")
-FINAL = ("sent", "dead")
+# partial: some recipients have the message, the others were refused for good.
+STATUSES = ("queued", "sending", "retrying", "sent", "partial", "dead")
+FINAL = ("sent", "partial", "dead")
 
 metadata = MetaData()
 jobs = Table(
@@ -134,7 +135,7 @@ class TrackingStore:
             # (Literal SQL: executemany cannot expand an IN list of bound parameters.)
             not_final = and_(*(jobs.c.status != literal_column(f"'{s}'") for s in FINAL))
             where = not_final & (jobs.c.updated_at <= new.updated_at)
-        elif kind == "sent":
+        elif kind in ("sent", "partial"):
             changes.update(attempts=new.attempts, sent_at=new.sent_at)
         elif kind == "dead":
             changes.update(attempts=new.attempts, last_error=new.last_error)
@@ -195,7 +196,7 @@ def _without_superseded(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     settled: set[str] = set()
     kept: list[dict[str, Any]] = []
     for e in reversed(events):
-        if e["kind"] in ("sent", "retrying", "dead"):
+        if e["kind"] in ("sent", "partial", "retrying", "dead"):
             settled.add(e["job_id"])
         elif e["kind"] == "sending" and e["job_id"] in settled:
             continue
@@ -217,7 +218,7 @@ def _job_row(e: dict[str, Any]) -> dict[str, Any]:
         "attempts": e.get("attempts", 0),
         "last_error": e.get("last_error"),
         "created_at": e["at"],
-        "sent_at": e["at"] if status == "sent" else None,
+        "sent_at": e["at"] if status in ("sent", "partial") else None,
         "updated_at": e["at"],
     }
 

@@ -4,7 +4,11 @@ The SMTP server is real (aiosmtpd, STARTTLS and AUTH); its handler injects each 
 Backoff is 1 s doubling, without jitter, so the retry schedule is predictable.
 """
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -88,21 +92,62 @@ def test_permanent_replies_at_rcpt_and_data_dead_letter_without_retrying(
         assert len(handler.attempts(address, verb)) == 1
 
 
-def test_one_refused_recipient_of_three_is_dead_lettered_and_the_others_get_it_once(
+def test_one_refused_recipient_of_three_is_dead_lettered_and_the_job_is_partial(
     smtp_server, worker, session_redis
 ):
     smtp_server.handler.rcpt_replies["gone@example.com"] = "550 5.1.1 No such user"
 
     result = _send(["ann@example.com", "gone@example.com"], cc="bob@example.com")
 
+    # The job is partial, not a failure: its result names who got it and who did not
+    outcome = result.get(timeout=30)
+    assert outcome["status"] == "partial"
+    assert outcome["accepted"] == ["ann@example.com", "bob@example.com"]
+    assert outcome["refused"] == {"gone@example.com": [550, "5.1.1 No such user"]}
     [entry] = dead_letters(session_redis.client())
     [received] = smtp_server.handler.wait_for(1)
     assert sorted(received.rcpt_tos) == ["ann@example.com", "bob@example.com"]
     assert entry["reason"] == "permanent"
     assert entry["failed_recipients"] == {"gone@example.com": [550, "5.1.1 No such user"]}
     assert entry["delivered_recipients"] == ["ann@example.com", "bob@example.com"]
-    with pytest.raises(PermanentError):
-        result.get(timeout=10)
+    # And `emailq status` says partial
+    deadline = time.monotonic() + 20
+    while (status := _status(result.id)).get("status") != "partial":
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert status["delivered_to"] == ["ann@example.com", "bob@example.com"]
+
+
+def _status(job_id: str) -> dict:
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("emailq")), "status", job_id, "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def test_a_permanent_refusal_is_dead_lettered_at_once_while_a_deferral_is_retried(
+    smtp_server, worker, session_redis
+):
+    # Given one recipient refused for good and one deferred twice, in the same job
+    handler = smtp_server.handler
+    handler.rcpt_replies["gone@example.com"] = "550 5.1.1 No such user"
+    handler.rcpt_replies["busy@example.com"] = ["451 4.2.0 Try later"] * 2
+
+    result = _send(["ann@example.com", "gone@example.com", "busy@example.com"])
+
+    # Then the refusal is in the dead-letter queue before the deferred one is retried
+    [entry] = dead_letters(session_redis.client())
+    assert list(entry["failed_recipients"]) == ["gone@example.com"]
+    assert len(handler.attempts("busy@example.com")) == 1
+    # And once the deferred one has it, the job is partial, with one dead-letter entry
+    outcome = result.get(timeout=60)
+    assert outcome["status"] == "partial"
+    assert outcome["accepted"] == ["ann@example.com", "busy@example.com"]
+    time.sleep(1)
+    [entry] = [s.entry for s in deadletter.read(session_redis.client())]
+    assert entry["failed_recipients"] == {"gone@example.com": [550, "5.1.1 No such user"]}
+    assert sorted(entry["delivered_recipients"]) == ["ann@example.com", "busy@example.com"]
 
 
 def test_a_transiently_refused_recipient_is_retried_on_its_own(smtp_server, worker):

@@ -31,24 +31,22 @@ def test_a_deferred_recipient_makes_a_partial_outcome_that_retries_only_it():
     assert outcome.failed == {}
 
 
-def test_a_permanently_refused_recipient_is_failed_and_reported():
+def test_a_permanently_refused_recipient_beside_delivered_ones_makes_the_job_partial():
     result = SendResult(("a@x.org",), {"b@x.org": (550, "5.1.1 no such user")}, (250, "ok"))
 
     outcome = judge_result(result, earlier_failed={})
 
     assert outcome.failed == {"b@x.org": (550, "5.1.1 no such user")}
-    assert isinstance(outcome.error, PermanentError)
-    assert outcome.error.smtp_code == 550
+    assert outcome.final == "partial" and outcome.error is None
 
 
-def test_a_recipient_refused_in_an_earlier_attempt_keeps_the_job_from_being_sent():
+def test_a_recipient_refused_in_an_earlier_attempt_makes_the_job_partial_once_the_rest_have_it():
     result = SendResult(("b@x.org",), {}, (250, "ok"))
 
     outcome = judge_result(result, earlier_failed={"a@x.org": (550, "5.1.1 no such user")})
 
-    assert outcome.final is None
-    assert isinstance(outcome.error, PermanentError)
-    assert outcome.error.recipients == {"a@x.org": (550, "5.1.1 no such user")}
+    assert outcome.final == "partial" and outcome.error is None
+    assert outcome.attempt["outcome"] == "partial"
 
 
 def test_a_transient_refusal_wins_over_a_permanent_one_in_the_same_attempt():
@@ -62,6 +60,7 @@ def test_a_transient_refusal_wins_over_a_permanent_one_in_the_same_attempt():
 
     assert isinstance(outcome.error, TransientError)
     assert outcome.failed == {"b@x.org": (550, "5.1.1 unknown")}  # recorded as failed now
+    assert outcome.error.permanent == {"b@x.org": (550, "5.1.1 unknown")}  # dead-lettered now
 
 
 def test_a_refused_sender_is_permanent_for_every_pending_recipient():
