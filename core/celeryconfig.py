@@ -4,6 +4,8 @@ from kombu import Queue
 
 from emailq.config import get_settings
 from emailq.core.backends import result_backend_url
+from emailq.core.store import CONNECT_TIMEOUT_S as _CONNECT_TIMEOUT_S
+from emailq.core.store import SOCKET_TIMEOUT_S as _SOCKET_TIMEOUT_S
 
 _settings = get_settings()
 
@@ -45,6 +47,14 @@ broker_transport_options = {
     # (kombu's default sweeps only every 10th tick, about every 100 s).
     "unacked_restore_interval": 5,
     "unacked_restore_throttle": 1,
+    # Without a socket timeout, a publish on a connection that Redis dropped silently (a
+    # failover, a NAT or firewall timeout) waits forever. BRPOP is safe: the worker waits
+    # for it in the event loop, where kombu's health check covers it, and Redis answers
+    # every BRPOP within 1 s. The producer's app tightens these to fit its 2 s deadline
+    # (emailq.producer.publishing). No retry_on_timeout: it turns off batch publishing.
+    "socket_connect_timeout": _CONNECT_TIMEOUT_S,
+    "socket_timeout": _SOCKET_TIMEOUT_S,
+    "socket_keepalive": True,
 }
 result_backend_transport_options = dict(_visibility)
 result_expires = 7 * 24 * 3600  # a week of results for `AsyncResult` look-ups

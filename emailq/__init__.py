@@ -1,6 +1,7 @@
 """Email notifications on Celery and Redis.
 
-Applications write ``from emailq import enqueue_email, enqueue_bulk, InvalidEmail``.
+Applications write ``from emailq import enqueue_email, enqueue_bulk, InvalidEmail``; a Redis
+that cannot take jobs raises ``BrokerUnavailable`` (``QueueFull`` when it is nearly full).
 Workers run ``celery -A emailq.worker worker -Q high,normal``.
 
 The producer loads on first use, so ``import emailq.worker`` in a worker process
@@ -9,16 +10,30 @@ never loads the producer, and ``import emailq`` alone loads nothing but the erro
 
 from typing import TYPE_CHECKING, Any
 
-from emailq.core.errors import ConfigurationError, EmailQError, InvalidEmail
+from emailq.core.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    EmailQError,
+    InvalidEmail,
+    QueueFull,
+)
 
 if TYPE_CHECKING:
-    from emailq.producer import BatchId, InvalidBatch, enqueue_bulk, enqueue_email
+    from emailq.producer import (
+        BatchId,
+        InvalidBatch,
+        enqueue_after_commit,
+        enqueue_bulk,
+        enqueue_email,
+    )
 
 __all__ = [
-    "BatchId", "ConfigurationError", "EmailQError", "InvalidBatch", "InvalidEmail",
-    "enqueue_bulk", "enqueue_email",
+    "BatchId", "BrokerUnavailable", "ConfigurationError", "EmailQError", "InvalidBatch",
+    "InvalidEmail", "QueueFull", "enqueue_after_commit", "enqueue_bulk", "enqueue_email",
 ]  # fmt: skip
-_PRODUCER = frozenset({"BatchId", "InvalidBatch", "enqueue_bulk", "enqueue_email"})
+_PRODUCER = frozenset(
+    {"BatchId", "InvalidBatch", "enqueue_after_commit", "enqueue_bulk", "enqueue_email"}
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,7 @@
 """Re-publication on the worker side sends the stored payload as it is: no producer
 validation, no file read because a payload names one, no idempotency key claimed again."""
 
+import base64
 import json
 import os
 import subprocess
@@ -91,3 +92,13 @@ def test_a_job_older_than_max_job_age_is_dead_lettered_as_expired_not_sent(
     [dead] = dead_letters(session_redis.client())
     assert (dead["job_id"], dead["reason"]) == ("old-job", "expired")
     assert [m.rcpt_tos for m in smtp_server.handler.wait_for(1)] == [["bob@example.com"]]
+
+
+def test_the_producer_stamps_when_a_job_was_first_queued(session_redis):
+    before = time.time()
+    enqueue_email.delay(to="ann@example.com", subject="s", text="t")
+
+    [raw] = session_redis.client().lrange("normal", 0, -1)
+    body = json.loads(raw)["body"]
+    queued_at = json.loads(base64.b64decode(body))[1]["queued_at"]
+    assert before <= queued_at <= time.time()
