@@ -7,8 +7,10 @@ as it is. Attachment bytes travel base64-encoded under ``content_b64``.
 
 import base64
 import binascii
+import re
 import time
 from dataclasses import dataclass, field, replace
+from email import policy
 from email.utils import parseaddr
 from typing import Any
 
@@ -19,6 +21,36 @@ PRIORITIES = QUEUES
 # What str.splitlines() breaks a line at, besides CR and LF: never allowed in a header.
 BREAKING = ("\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
 HEADER_UNSAFE = frozenset(("\r", "\n", "\0", *BREAKING))
+# An RFC 2047 encoded word written by the caller: the email package would decode it on
+# the way out, so "=?utf-8?q?=0D=0ABcc:...?=" would become a real header line.
+ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
+# Custom header names the email package parses and refolds (Resent-*, Orig-Date...) or
+# drops (Content-* when it builds the MIME parts): only unstructured names are safe.
+STRUCTURED = frozenset(policy.default.header_factory.registry)
+MIMETYPE = re.compile(r"[\w.+-]+/[\w.+-]+", re.ASCII)
+
+
+def header_problem(value: str) -> str | None:
+    """Why ``value`` cannot go into a header, or None."""
+    if not HEADER_UNSAFE.isdisjoint(value):
+        return "a line break or NUL"
+    if ENCODED_WORD.search(value):
+        return "an encoded word (=?charset?q?...?=); give the text itself"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a lone surrogate, which is not text"
+    return None
+
+
+def custom_header_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a caller's own header, or None."""
+    lower = name.lower()
+    if lower in STRUCTURED or lower.startswith("content-"):
+        return "a header the worker writes or the email package rewrites; use an X- header"
+    return None
+
+
 CHUNK_SIZE = 25  # jobs per bulk chunk task: one SMTP session's worth
 
 
@@ -230,8 +262,19 @@ def _header_safe(job: EmailJob) -> None:
         *(("attachments", a.mimetype) for a in job.attachments),
     ]  # fmt: skip
     for name, value in values:
-        if not HEADER_UNSAFE.isdisjoint(value):
-            raise InvalidEmail(f"malformed job payload: a line break or NUL in {name}")
+        if problem := header_problem(value):
+            raise InvalidEmail(f"malformed job payload: {problem} in {name}")
+    for attachment in job.attachments:
+        if not MIMETYPE.fullmatch(attachment.mimetype):
+            raise InvalidEmail(
+                "malformed job payload: an attachment's mimetype is not type/subtype"
+            )
+    for name in job.headers:
+        if problem := custom_header_problem(name):
+            raise InvalidEmail(f"malformed job payload: headers: {name!r} is {problem}")
+    for body in (job.text, job.html):
+        if body is not None and header_problem(body.replace("\n", "").replace("\r", "")):
+            raise InvalidEmail("malformed job payload: a body holds a lone surrogate or NUL")
 
 
 def _queued_at(data: dict) -> float | None:

@@ -16,7 +16,14 @@ from email_validator import EmailNotValidError, validate_email
 
 from emailq.config import Settings
 from emailq.core.errors import InvalidEmail
-from emailq.core.job import BREAKING, PRIORITIES, Attachment, EmailJob
+from emailq.core.job import (
+    BREAKING,
+    PRIORITIES,
+    Attachment,
+    EmailJob,
+    custom_header_problem,
+    header_problem,
+)
 from emailq.core.rendering import render
 
 KEYWORDS = frozenset(
@@ -52,6 +59,8 @@ def _no_breaks(field: str, value: str) -> str:
     for char in FORBIDDEN:
         if char in value:
             raise InvalidEmail(f"{field}: contains {char!r}; header values and addresses cannot")
+    if problem := header_problem(value):
+        raise InvalidEmail(f"{field}: contains {problem}")
     return value
 
 
@@ -114,6 +123,8 @@ def _headers(value: Any) -> dict[str, str]:
             raise InvalidEmail(f"headers: {name!r} is not a valid header name")
         if name.lower() in RESERVED_HEADERS:
             raise InvalidEmail(f"headers: {name!r} is set by the worker; use the keyword instead")
+        if problem := custom_header_problem(name):
+            raise InvalidEmail(f"headers: {name!r} is {problem}")
         headers[name] = _no_breaks(f"headers[{name!r}]", text)
     return headers
 
@@ -152,7 +163,7 @@ def _attachment(index: int, item: Any) -> Attachment:
         raise InvalidEmail(f"{field}: needs 'content' (bytes)")
     guessed = mimetypes.guess_type(filename)[0] or "application/octet-stream"
     mimetype = _no_breaks(f"{field}.mimetype", item.get("mimetype") or guessed)
-    if not re.fullmatch(r"[\w.+-]+/[\w.+-]+", mimetype):
+    if not re.fullmatch(r"[\w.+-]+/[\w.+-]+", mimetype, re.ASCII):
         raise InvalidEmail(f"{field}.mimetype: {mimetype!r} is not a type/subtype")
     return Attachment(filename, content, mimetype)
 
@@ -190,6 +201,10 @@ def _body(field: str, value: Any, *, limit: int) -> str | None:
         raise InvalidEmail(f"{field}: expected a string, got {type(value).__name__}")
     if "\0" in value:
         raise InvalidEmail(f"{field}: contains NUL")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEmail(f"{field}: contains a lone surrogate, which is not text") from None
     # Characters first (cheap), then bytes: a body of 4-byte characters is 4x its length.
     if len(value) > limit or len(value.encode("utf-8", "surrogatepass")) > limit:
         raise InvalidEmail(f"{field}: larger than MAX_BODY_BYTES ({limit} bytes)")
