@@ -8,7 +8,7 @@ ifneq ($(wildcard .env),)
 export EMAILQ_ENV_FILE ?= $(CURDIR)/.env
 endif
 
-.PHONY: install system-deps test demo worker flower beat bench lint
+.PHONY: install system-deps test faults demo worker flower beat bench lint
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,12 @@ system-deps:
 test: install
 	$(BIN)/ruff check .  # includes the rule against bare config/core/producer/worker imports
 	$(BIN)/python -m pytest
+
+# The fault suite's long form (bigger batches, longer outages; 4.5 min on 2 cores, plus the
+# Hypothesis test of tests/faults/test_hostile_input.py). `make test`
+# runs its short form. Each test prints a FAULT line: the figures in docs/RELIABILITY.md.
+faults: install
+	FAULTS_LONG=1 $(BIN)/python -m pytest tests/faults -v -s
 
 demo: install
 	$(BIN)/python scripts/demo.py

@@ -28,7 +28,7 @@ from emailq.core.errors import (
 )
 
 # Another worker holds the job's lock; look again after this long.
-BUSY_RETRY_S = 30
+BUSY_RETRY_S = 15  # a dead worker's lock is gone by then (LOCK_TTL_S)
 # Redis (the broker, the ledger, the limiter) or the database did not answer. Not the
 # job's fault: it never spends the retry budget and is never dead-lettered for it.
 INFRASTRUCTURE = (redis.RedisError, OperationalError, SQLAlchemyError)
