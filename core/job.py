@@ -28,12 +28,16 @@ ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
 # drops (Content-* when it builds the MIME parts): only unstructured names are safe.
 STRUCTURED = frozenset(policy.default.header_factory.registry)
 MIMETYPE = re.compile(r"[\w.+-]+/[\w.+-]+", re.ASCII)
+# C0 controls but tab, DEL and C1 controls: they go out raw and can swallow what follows.
+CONTROL = re.compile(r"[\x01-\x08\x0e-\x1f\x7f-\x9f]")
 
 
 def header_problem(value: str) -> str | None:
     """Why ``value`` cannot go into a header, or None."""
     if not HEADER_UNSAFE.isdisjoint(value):
         return "a line break or NUL"
+    if CONTROL.search(value):
+        return "a control character"
     if ENCODED_WORD.search(value):
         return "an encoded word (=?charset?q?...?=); give the text itself"
     try:

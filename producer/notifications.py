@@ -7,7 +7,8 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from emailq.config import get_settings
 from emailq.core.alerts import alert_job, cooling_down
 from emailq.core.errors import ConfigurationError, EmailQError
-from emailq.core.store import redis_client
+from emailq.core.store import producer_client
+from emailq.producer.publishing import unreachable_as_broker_unavailable
 from emailq.producer.tasks import enqueue_email
 
 VERIFY_SALT = "emailq.verify-email"  # separates these tokens from anything else signed
@@ -64,8 +65,9 @@ def send_alert(
     """
     settings = get_settings()
     cooldown = settings.alert_cooldown_s if cooldown_s is None else cooldown_s
-    if cooling_down(redis_client(), check, host, cooldown):
-        return None
+    with unreachable_as_broker_unavailable():  # the same 2 s promise as delay()
+        if cooling_down(producer_client(), check, host, cooldown):
+            return None
     job = alert_job(
         check, host, value, threshold, to=to, cooldown_s=cooldown, severity=severity,
         settings=settings,

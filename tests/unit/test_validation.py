@@ -549,3 +549,18 @@ def test_a_wire_payload_naming_a_file_is_refused_without_reading_it(tmp_path):
 def test_a_payload_of_the_wrong_shape_is_refused_as_invalid(payload):
     with pytest.raises(InvalidEmail, match="malformed"):
         EmailJob.from_dict(payload)
+
+
+@pytest.mark.parametrize("char", ["\x01", "\x1f", "\x7f", "\x9b"])
+@pytest.mark.parametrize("field", ["subject", "headers", "to"])
+def test_a_control_character_in_a_header_is_refused(settings, char, field):
+    kwargs = {
+        "subject": {"subject": f"a{char}b"},
+        "headers": {"headers": {"X-Note": f"a{char}b"}},
+        "to": {"to": f'"Ann{char}" <ann@example.com>'},
+    }[field]
+
+    with pytest.raises(InvalidEmail, match="control character"):
+        validate_job(job_kwargs(**kwargs), settings)
+    with pytest.raises(InvalidEmail, match="control character"):
+        EmailJob.from_dict({**job_kwargs(**kwargs), "to": [job_kwargs(**kwargs)["to"]]})
