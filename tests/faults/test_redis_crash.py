@@ -24,71 +24,23 @@ but a lock it kept can add a 30 s deferral). ``FAULTS_LONG=1`` (``make faults``)
 jobs, three kills, ``always`` and ``everysec`` (see ``tests/faults/scale.py``).
 """
 
-import os
 import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from celery import Celery
 
 from tests.faults import harness
 from tests.faults.scale import FORM, long_only, pick, timeout
-from tests.support import free_port
 from tests.support.faults import FAST_RETRIES
+from tests.support.redis import RedisServer
 from tests.support.smtp import SMTPTestServer
 
 pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
 
 THREADS = 4
-
-
-class AofRedis:
-    """A redis-server persisting to an append-only file, killed and restarted in place."""
-
-    def __init__(self, directory: Path, fsync: str) -> None:
-        self.directory = directory
-        self.fsync = fsync
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port)
-
-    def start(self) -> "AofRedis":
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", self.fsync, "--dir", str(self.directory),
-             "--logfile", "redis.log"],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30  # loading a long AOF takes a moment
-        while time.monotonic() < deadline:
-            try:
-                if self.client().ping():
-                    return self
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer on port {self.port}")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
 
 
 def wait_for_messages(smtp_server: SMTPTestServer, count: int, timeout: float) -> None:
@@ -99,8 +51,8 @@ def wait_for_messages(smtp_server: SMTPTestServer, count: int, timeout: float) -
 
 
 @pytest.fixture
-def aof_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AofRedis]:
-    server = AofRedis(tmp_path / "redis", request.param).start()
+def aof_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis", fsync=request.param).start()
     yield server
     server.stop()
 
@@ -110,7 +62,7 @@ def aof_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AofRed
     "aof_redis", ["always", pytest.param("everysec", marks=long_only)], indirect=True
 )
 def test_redis_killed_mid_batch_and_restarted_from_its_aof_loses_no_acknowledged_job(
-    smtp_server: SMTPTestServer, start_worker, aof_redis: AofRedis
+    smtp_server: SMTPTestServer, start_worker, aof_redis: RedisServer
 ) -> None:
     # Given a batch acknowledged to the producer by a Redis that persists to its AOF, and a
     # worker (5 s visibility timeout) sending it

@@ -1,9 +1,6 @@
 """Redis dies between the SMTP server's 250 and the ledger write: the message goes out once."""
 
-import os
 import shutil
-import signal
-import subprocess
 import time
 
 import pytest
@@ -11,49 +8,17 @@ import redis
 from celery import Celery
 
 from emailq.core.keys import JOB
-from tests.support import free_port
 from tests.support.faults import FAST_RETRIES
+from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server")
-
-
-class DurableRedis:
-    """A redis-server that writes every command to its AOF before replying."""
-
-    def __init__(self, directory) -> None:
-        self.directory, self.port = directory, free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> "DurableRedis":
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port)
-        for _ in range(100):
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
 
 
 def test_a_send_whose_ledger_write_met_a_dead_redis_is_not_sent_again(
     smtp_server, start_worker, tmp_path
 ):
     # Given a worker on a durable Redis, and a server that sees Redis die while it takes DATA
-    durable = DurableRedis(tmp_path).start()
+    durable = RedisServer(tmp_path, fsync="always").start()
     try:
         start_worker(smtp_server, redis_url=durable.url, **FAST_RETRIES)
         handler = smtp_server.handler
