@@ -276,8 +276,8 @@ def _header_safe(job: EmailJob) -> None:
     for name in job.headers:
         if problem := custom_header_problem(name):
             raise InvalidEmail(f"malformed job payload: headers: {name!r} is {problem}")
-    for body in (job.text, job.html):
-        if body is not None and header_problem(body.replace("\n", "").replace("\r", "")):
+    for body in (job.text, job.html):  # what the producer refuses in a body, no more
+        if body is not None and ("\0" in body or not _encodable(body)):
             raise InvalidEmail("malformed job payload: a body holds a lone surrogate or NUL")
 
 
@@ -286,3 +286,11 @@ def _queued_at(data: dict) -> float | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise InvalidEmail("malformed job payload: 'queued_at' must be epoch seconds")
     return None if value is None else float(value)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -54,15 +54,19 @@ def test_a_lock_is_not_renewed_past_its_deadline(private_redis):
     assert ledger.begin("wedged", lock_ttl_s=1)[0] is not None
 
 
-def test_an_outcome_redis_could_not_take_is_written_when_it_answers(private_redis):
-    # Given a send the server accepted, and Redis gone before the ledger heard of it
-    client = _client(private_redis)
-    ledger = Ledger(client)
+def _owing(server: RedisServer) -> Ledger:
+    """A ledger whose job was sent, with Redis gone before the outcome was written."""
+    ledger = Ledger(_client(server))
     token, state = ledger.begin("job-1", lock_ttl_s=60)
-    private_redis.stop()
-
+    server.stop()
     with pytest.raises(redis.ConnectionError):
         ledger.record("job-1", state, delivered=["ann@example.com"], final="sent", token=token)
+    return ledger
+
+
+def test_an_outcome_redis_could_not_take_is_written_when_it_answers(private_redis):
+    # Given a send the server accepted, and Redis gone before the ledger heard of it
+    ledger = _owing(private_redis)
     assert ledger.unwritten() == ["job-1"]
 
     # When Redis is back (empty: the worst case), the kept outcome is written
@@ -77,12 +81,7 @@ def test_an_outcome_redis_could_not_take_is_written_when_it_answers(private_redi
 
 
 def test_the_job_is_not_taken_again_while_its_outcome_is_still_owed(private_redis):
-    client = _client(private_redis)
-    ledger = Ledger(client)
-    token, state = ledger.begin("job-1", lock_ttl_s=60)
-    private_redis.stop()
-    with pytest.raises(redis.ConnectionError):
-        ledger.record("job-1", state, delivered=["ann@example.com"], final="sent", token=token)
+    ledger = _owing(private_redis)
 
     # While Redis is away, the job cannot be begun: its outcome would be lost
     with pytest.raises(redis.ConnectionError):

@@ -564,3 +564,11 @@ def test_a_control_character_in_a_header_is_refused(settings, char, field):
         validate_job(job_kwargs(**kwargs), settings)
     with pytest.raises(InvalidEmail, match="control character"):
         EmailJob.from_dict({**job_kwargs(**kwargs), "to": [job_kwargs(**kwargs)["to"]]})
+
+
+def test_a_body_the_producer_accepts_is_accepted_by_the_worker(settings):
+    # Bodies are not headers: a form feed or text that looks like an encoded word is fine
+    body = "page one\fpage two: =?utf-8?q?not_a_header?=\x01"
+    job = validate_job(job_kwargs(text=body, html=f"<p>{body}</p>"), settings)
+
+    assert EmailJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
