@@ -54,7 +54,7 @@ def job_status(job_id: str) -> dict[str, Any] | None:
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def status(job_id: str, as_json: bool) -> None:
-    """A job's status: queued, sending, retrying, sent or dead."""
+    """A job's status: queued, sending, retrying, sent, partial or dead."""
     job = job_status(job_id)
     if job is None:
         click.echo(f"unknown job {job_id}", err=True)
