@@ -8,6 +8,9 @@ consumer that one malformed queue item cannot stop.
   published, and UNSUBSCRIBEs when the ``AsyncResult`` is collected: two round trips for
   results that are rarely awaited. ``AsyncResult.get()`` still subscribes when called, and
   then reads the stored result, so a job that finished before ``get()`` is still found.
+- kombu takes a job off a queue and records it as unacknowledged in two round trips; a
+  crash between them lost the job. These channels do both in one script
+  (``emailq.core.fetch``).
 - kombu decodes each item it pops from a queue list and builds its message without a
   guard: an item that is not a kombu envelope (``LPUSH normal garbage``, a JSON list, an
   object without ``properties.delivery_tag``...) raised out of the consumer and stopped the
@@ -27,12 +30,13 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis import exceptions as redis_errors
 
+from emailq.core.fetch import QUARANTINE_RAW_BYTES, AtomicFetch
 from emailq.core.keys import QUARANTINE
 
 log = logging.getLogger(__name__)
 
-QUARANTINE_RAW_BYTES = 64 * 1024  # of an item kept in its record: enough to see what it was
 _LOG_EXCERPT_BYTES = 48  # of an item shown in the log: its repr stays under 200 chars
 _ERROR_CHARS = 200  # kombu's JSON errors can quote the whole object
 
@@ -41,6 +45,11 @@ class _ReusedClient:
     def _create_client(self, asynchronous: bool = False):  # noqa: ANN202 - kombu's signature
         if asynchronous:
             return super()._create_client(asynchronous=True)  # type: ignore[misc]
+        if self._pool is None and self.connection.client is None:  # type: ignore[attr-defined]
+            # The kombu Connection released this transport (Celery does, on a broker error,
+            # before it closes the consumer's channel): kombu's new pool would fail on the
+            # missing URL with an AttributeError, which stopped the worker.
+            raise redis_errors.ConnectionError("the broker connection was closed")
         client = self.__dict__.get("_sync_client")
         if client is None or client.connection_pool is not self.pool:  # type: ignore[attr-defined]
             client = self.__dict__["_sync_client"] = super()._create_client()  # type: ignore[misc]
@@ -66,8 +75,10 @@ def envelope_problem(payload: object) -> str | None:
     if not isinstance(tag, str) or not tag:
         return "no 'properties.delivery_tag' string"
     info = properties.get("delivery_info")
-    if info is not None and not isinstance(info, dict):
-        return "'properties.delivery_info' is not an object"
+    if not isinstance(info, dict) or not all(
+        isinstance(info.get(key), str) for key in ("exchange", "routing_key")
+    ):
+        return "no 'properties.delivery_info' with exchange and routing_key strings"
     if not isinstance(payload.get("body"), str):
         return "no 'body' string"
     if not isinstance(payload.get("headers"), dict):
@@ -133,6 +144,21 @@ class _QuarantinesMalformed:
             # The BRPOP connection is idle here: kombu flushes a pending re-auth token now.
             chan._flush_brpop_reauth()
 
+    def _deliver_recorded(self, queue: str, item: bytes, tag: str) -> None:
+        """Deliver an item the fetch script recorded in ``unacked`` under ``tag``."""
+        chan: Any = self
+        try:
+            payload = _decode(item)
+            if envelope_problem(payload) is None and payload["properties"]["delivery_tag"] != tag:
+                raise MalformedItem("the delivery tag differs from the one Redis read")
+            chan.connection._deliver(payload, queue)
+        except MalformedItem as exc:
+            self._quarantine(queue, item, exc)
+            with chan.conn_or_acquire() as client:  # its unacked entry would restore it
+                client.pipeline().zrem(chan.unacked_index_key, tag).hdel(
+                    chan.unacked_key, tag
+                ).execute()
+
     def _get(self, queue: str) -> dict[str, Any]:
         # kombu 5.7's Channel._get, going on to the next item past a malformed one.
         chan: Any = self
@@ -172,9 +198,12 @@ class _QuarantinesMalformed:
                 "starts %s", queue, len(item), error, excerpt, exc_info=True,
             )  # fmt: skip
             return
+        self._log_quarantined(queue, item, error)
+
+    def _log_quarantined(self, queue: str, item: bytes, error: str) -> None:
         log.error(
             "queue %s: malformed item of %d bytes moved to %s: %s; starts %s",
-            queue, len(item), QUARANTINE, error, excerpt,
+            queue, len(item), QUARANTINE, error, repr(item[:_LOG_EXCERPT_BYTES]),
         )  # fmt: skip
 
 
@@ -186,12 +215,39 @@ def _decode(item: bytes) -> Any:
         raise MalformedItem(f"not JSON: {type(exc).__name__}: {exc}") from exc
 
 
-class Channel(_ReusedClient, _QuarantinesMalformed, kombu_redis.Channel):
-    pass
+class QoS(kombu_redis.QoS):
+    """kombu's acknowledgement emulation, minus the write the fetch script already made, and
+    a channel close that survives a broker gone away."""
+
+    def restore_unacked(self, client: Any = None) -> None:
+        # On close, kombu puts the jobs this channel took but did not finish back on their
+        # queues. Without Redis that is impossible and not needed: their `unacked` entries
+        # hold them, and the visibility timeout gives them back. kombu let the error out of
+        # Channel.close, which stopped the worker.
+        try:
+            super().restore_unacked(client)
+        except self.channel.connection_errors as exc:
+            log.warning(
+                "%d unfinished job(s) left in Redis's unacked set (%s): they are given back "
+                "after VISIBILITY_TIMEOUT_S", len(self._delivered), exc,
+            )  # fmt: skip
+            self._delivered.clear()
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if delivery_tag == getattr(self.channel, "_recorded_tag", None):
+            virtual.QoS.append(self, message, delivery_tag)  # only the in-memory record
+        else:
+            super().append(message, delivery_tag)
 
 
-class SentinelChannel(_ReusedClient, _QuarantinesMalformed, kombu_redis.SentinelChannel):
-    pass
+class Channel(_ReusedClient, AtomicFetch, _QuarantinesMalformed, kombu_redis.Channel):
+    QoS = QoS
+
+
+class SentinelChannel(
+    _ReusedClient, AtomicFetch, _QuarantinesMalformed, kombu_redis.SentinelChannel
+):
+    QoS = QoS
 
 
 class Transport(kombu_redis.Transport):

@@ -103,7 +103,11 @@ class AuthenticationFailed(_SMTPReply, ConfigurationError):
 
 
 class JobBusy(EmailQError):
-    """Another worker is delivering this job right now; look again later."""
+    """Another worker is delivering this job right now; look again when its lock ends."""
+
+    def __init__(self, message: str, *, wait_s: float) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s  # left on the other worker's lock, which it renews while alive
 
 
 class RelayUnavailable(TransientError):

@@ -11,5 +11,6 @@ DELAYED_CLAIMED = "emailq:delayed:claimed"  # entries a mover took and has not p
 COOLDOWN = "emailq:cooldown:"  # + check:host -> set while an alert cools down
 EVENTS = "emailq:events"  # tracking events from producers, written to the store by workers
 QUARANTINE = "emailq:quarantine"  # broker-queue items no worker could read, as JSON records
+WAKE = "emailq:wake:"  # + queue -> entries a publish pushes to wake idle consumers (fetch.py)
 CIRCUIT = "emailq:circuit:"  # + relay:port:login -> the circuit breaker's keys
 MARKER = "emailq:marker"  # written once by the first worker: its absence means Redis lost its data

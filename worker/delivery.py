@@ -90,7 +90,10 @@ def deliver(
         circuit.check()  # raises CircuitOpen while the relay is held back
     token, state = ledger.begin(job_id, hold_s=send_deadline_s(settings))
     if token is None:
-        raise JobBusy(f"job {job_id} is being delivered by another worker")
+        raise JobBusy(
+            f"job {job_id} is being delivered by another worker (its lock ends in "
+            f"{state.locked_for_s:.1f} s unless renewed)", wait_s=state.locked_for_s,
+        )  # fmt: skip
     recorded = False
     try:
         if state.final is not None:

@@ -40,8 +40,9 @@ if locked then
     return started
   end
   redis.call('expire', KEYS[1], ARGV[3])
+  return {1, redis.call('hgetall', KEYS[1]), 0}
 end
-return {locked and 1 or 0, redis.call('hgetall', KEYS[1])}
+return {0, redis.call('hgetall', KEYS[1]), redis.call('pttl', KEYS[2])}
 """
 
 _RELEASE = """
@@ -57,6 +58,7 @@ class JobState:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     final: str | None = None  # "sent" or "dead" once the job is over
     starts: int = 0  # executions begun, including ones whose worker died
+    locked_for_s: float = 0.0  # left on another worker's lock, when ``begin`` found one
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> "JobState":
@@ -110,13 +112,16 @@ class Ledger:
             self.flush(job_id)  # raises while Redis is away: the job waits for it
         token = uuid.uuid4().hex
         key = PREFIX + job_id
-        locked, flat = self._begin(
+        locked, flat, left_ms = self._begin(
             keys=[key, key + ":lock"], args=[token, int(lock_ttl_s), STATE_TTL_S]
         )
-        raw = dict(zip(flat[::2], flat[1::2], strict=True))
-        if locked and self.renewer is not None and hold_s is not None:
+        state = JobState.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+        if not locked:
+            state.locked_for_s = max(0, left_ms) / 1000  # -1: the lock just expired
+            return None, state
+        if self.renewer is not None and hold_s is not None:
             self.renewer.hold(key + ":lock", token, for_s=hold_s)
-        return (token if locked else None), JobState.from_hash(raw)
+        return token, state
 
     def record(
         self,

@@ -27,7 +27,7 @@ from emailq.core.errors import (
     TransientError,
 )
 
-# Another worker holds the job's lock; look again after this long.
+# Another worker holds the job's lock: look again when it ends, and at most this long after.
 BUSY_RETRY_S = 15  # a dead worker's lock is gone by then (LOCK_TTL_S)
 # Redis (the broker, the ledger, the limiter) or the database did not answer. Not the
 # job's fault: it never spends the retry budget and is never dead-lettered for it.
@@ -78,7 +78,9 @@ def decide(exc: BaseException | None, *, retries: int, settings: Settings) -> De
         case TransientError():
             return Decision("retry", backoff(retries + 1, settings))
         case JobBusy():
-            return Decision("defer", BUSY_RETRY_S)
+            # A dead worker's lock is gone once its TTL runs out; a live one renews it, and
+            # the job is looked at again then.
+            return Decision("defer", min(BUSY_RETRY_S, math.ceil(exc.wait_s) + 1))
         case RateLimited():  # not a failure: the job waits for room in the window
             return Decision("defer", math.ceil(exc.wait_s))
         case ConfigurationError():

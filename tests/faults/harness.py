@@ -250,8 +250,9 @@ def aof_commands(directory: Path) -> Iterator[list[bytes]]:
 
 
 def never_started(client: redis.Redis, job_ids: Iterable[str]) -> set[str]:
-    """The jobs no worker ever began: no ledger hash. A lost job among them was taken off
-    its queue (BRPOP) by a worker that died before writing its ``unacked`` entry."""
+    """The jobs no worker ever began: no ledger hash. With kombu's own transport, a lost job
+    among them was taken off its queue (BRPOP) by a worker that died before writing its
+    ``unacked`` entry."""
     pipe = client.pipeline(transaction=False)
     ids = list(job_ids)
     for job_id in ids:
@@ -262,15 +263,23 @@ def never_started(client: redis.Redis, job_ids: Iterable[str]) -> set[str]:
 def popped_never_unacked(directory: Path) -> set[str]:
     """Job ids Redis popped off a queue for a worker, with no unacked entry written after.
 
-    kombu's Redis transport takes a job with BRPOP, then writes it to the ``unacked`` hash
-    in a second round trip; Redis (or the worker) dying in between leaves the job nowhere.
-    Replays the queue lists from the AOF to know which job each RPOP took.
+    kombu's own Redis transport takes a job with BRPOP, then writes it to the ``unacked``
+    hash in a second round trip, so Redis (or the worker) dying in between leaves the job
+    nowhere; emailq's fetch script does both in one ``MULTI``/``EXEC`` (commands inside
+    one count as simultaneous). Replays the queue lists from the AOF to know which job
+    each RPOP took.
     """
     queues: dict[bytes, list[str]] = {q.encode(): [] for q in QUEUES}
     last_pop: dict[str, int] = {}
     last_unacked: dict[str, int] = {}
-    for n, args in enumerate(aof_commands(directory)):
+    block: int | None = None
+    for i, args in enumerate(aof_commands(directory)):
         verb = args[0].upper()
+        if verb == b"MULTI":
+            block = i
+        elif verb == b"EXEC":
+            block = None
+        n = i if block is None else block
         if verb in (b"LPUSH", b"RPUSH") and args[1] in queues:
             ids = [_kombu_id(json.loads(raw)) for raw in args[2:]]
             if verb == b"LPUSH":

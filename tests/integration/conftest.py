@@ -69,11 +69,12 @@ def start_worker(
     started: list[WorkerProcess] = []
 
     def start(server: SMTPTestServer, *, concurrency: int = 2, queues: str = "high,normal",
-              redis_url: str | None = None, **extra: str) -> WorkerProcess:  # fmt: skip
+              redis_url: str | None = None, pool: str = "threads",
+              **extra: str) -> WorkerProcess:  # fmt: skip
         env = {**os.environ, "REDIS_URL": redis_url or session_redis.url}
         env.update(smtp_env(server, ca_file, **extra))
         log = tmp_path / f"worker-{len(started)}.log"
-        worker = WorkerProcess(env, log, queues=queues, concurrency=concurrency)
+        worker = WorkerProcess(env, log, queues=queues, concurrency=concurrency, pool=pool)
         started.append(worker)
         return worker.start()
 

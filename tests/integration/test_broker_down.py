@@ -31,12 +31,15 @@ PASSWORD = "hunter2-never-shown"
 GOOD = {"to": "ann@example.com", "subject": "Hello", "text": "body"}
 WELCOME = {"product": "Acme", "verify_url": "https://acme.example/v", "valid_hours": 24}
 
-# The producer's three entry points, as a fresh interpreter runs them (sys.argv[1] picks).
+# The producer's entry points, as a fresh interpreter runs them (sys.argv[1] picks).
 CALLS = {
     "delay": "enqueue_email.delay(**GOOD)",
     "idempotent": "enqueue_email.delay(**GOOD, idempotency_key='order-42-receipt')",
     "bulk": "enqueue_bulk('welcome', [{'to': 'ann@example.com', 'context': {**WELCOME, "
     "'username': 'ann'}}, {'to': 'bob@example.com', 'context': {**WELCOME, 'username': 'bob'}}])",
+    # an alert reads its cooldown key in Redis before it publishes
+    "alert": "__import__('emailq.producer.notifications', fromlist=['x']).send_alert("
+    "'Disk usage', 'web-1', '97%', '90%', to='ops@example.com')",
 }
 PROBE = """
 import json, sys, time

@@ -5,6 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kombu import Connection
+
+from emailq.core import backends
 from emailq.worker.marker import plant
 from tests.integration.conftest import smtp_env
 from tests.support import free_port, smtp
@@ -24,9 +27,32 @@ def test_every_piece_passes_when_everything_is_reachable(smtp_server, ca_file, s
     out = check(**smtp_env(smtp_server, ca_file))
 
     assert out.returncode == 0, out.stdout + out.stderr
-    for piece in ("configuration", "redis", "smtp", "smtp circuit", "tracking database"):
+    pieces = ("configuration", "redis", "queue quarantine", "smtp", "smtp circuit")
+    for piece in (*pieces, "tracking database"):
         assert f"✓ {piece}" in out.stdout
     assert "STARTTLS, certificate verified, logged in as sender@example.com" in out.stdout
+
+
+def test_malformed_queue_items_moved_aside_are_reported_not_failed(
+    smtp_server, ca_file, session_redis
+):
+    # Given two malformed items a worker moved out of `normal` (emailq.core.fetch)
+    redis = session_redis.client()
+    plant(redis)
+    redis.lpush("normal", b"garbage", b"[1, 2]")
+    with Connection(session_redis.url, transport=backends.Transport) as conn:
+        channel = conn.channel()
+        assert channel.basic_get("normal") is None
+
+    # When the operator runs `emailq check`
+    out = check(**smtp_env(smtp_server, ca_file))
+
+    # Then the quarantine is a notice naming the count, the newest error and the commands
+    assert out.returncode == 0, out.stdout + out.stderr
+    [line] = [line for line in out.stdout.splitlines() if "queue quarantine" in line]
+    assert line.startswith("! queue quarantine: 2 malformed queue item(s)"), line
+    assert "from queue normal: not a message envelope" in line
+    assert "LRANGE emailq:quarantine" in line
 
 
 def test_a_wrong_password_fails_the_smtp_check_and_names_the_setting(smtp_server, ca_file):

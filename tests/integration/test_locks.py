@@ -90,3 +90,13 @@ def test_the_job_is_not_taken_again_while_its_outcome_is_still_owed(private_redi
     private_redis.start()
     _, state = ledger.begin("job-1", lock_ttl_s=60)  # writes what it owes first
     assert state.final == "sent"
+
+
+def test_a_busy_job_learns_how_long_the_other_workers_lock_has_left(session_redis):
+    client = session_redis.client()
+    Ledger(client).begin("held", lock_ttl_s=10)  # a worker that died holding the job
+
+    token, state = Ledger(client).begin("held", lock_ttl_s=10)
+
+    assert token is None
+    assert 9 < state.locked_for_s <= 10

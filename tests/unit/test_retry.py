@@ -77,12 +77,18 @@ def test_redis_or_database_errors_are_infrastructure_never_crashed_never_budget(
         assert not decision.spends_budget
 
 
-def test_a_busy_job_is_deferred_without_spending_the_budget(settings):
-    decision = decide(JobBusy("held by another worker"), retries=3, settings=settings)
+def test_a_busy_job_is_deferred_until_the_other_workers_lock_ends(settings):
+    decision = decide(JobBusy("held", wait_s=6.2), retries=3, settings=settings)
 
     assert (decision.action, decision.countdown, decision.spends_budget) == (
-        "defer", BUSY_RETRY_S, False,
+        "defer", 8, False,
     )  # fmt: skip
+
+
+def test_a_busy_deferral_never_exceeds_the_lock_ttl(settings):
+    decision = decide(JobBusy("held", wait_s=3600), retries=3, settings=settings)
+
+    assert decision.countdown == BUSY_RETRY_S
 
 
 def test_a_rate_limited_job_waits_for_its_window_without_spending_the_budget(settings):

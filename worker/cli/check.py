@@ -36,6 +36,30 @@ def _redis(settings: Settings) -> str:
     return f"{maybe_sanitize_url(settings.redis_url)} (its data kept since {since})"
 
 
+def _quarantine(settings: Settings) -> str:
+    import json
+
+    from emailq.core.keys import QUARANTINE
+    from emailq.core.store import connect
+
+    client = connect(settings)
+    count = client.llen(QUARANTINE)
+    if not count:
+        return f"{QUARANTINE} is empty"
+    newest = client.lindex(QUARANTINE, 0) or b"{}"
+    try:  # a record is JSON written by a worker; anyone with Redis access could change it
+        record = json.loads(newest.decode("utf-8", "replace"))
+        at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(record["at"])))
+        last = f"the newest at {at} from queue {str(record['queue'])[:40]}: "
+        last += str(record["error"])[:200]
+    except (ValueError, KeyError, TypeError, OverflowError):
+        last = "the newest is not a record a worker wrote"
+    raise Notice(
+        f"{count} malformed queue item(s) moved aside, {last}; read them with "
+        f"`redis-cli LRANGE {QUARANTINE} 0 -1`, delete them with `redis-cli DEL {QUARANTINE}`"
+    )
+
+
 def _smtp(settings: Settings) -> str:
     from emailq.worker.sender import SMTPSender
 
@@ -92,7 +116,8 @@ def check() -> None:
         sys.exit(1)
     console.print(f"[green]✓[/] configuration: SMTP_SECURITY={settings.security}", highlight=False)
     checks: list[tuple[str, Callable[[Settings], str]]] = [
-        ("redis", _redis), ("smtp", _smtp), ("smtp circuit", _circuit),
+        ("redis", _redis), ("queue quarantine", _quarantine), ("smtp", _smtp),
+        ("smtp circuit", _circuit),
         ("tracking database", _database),
     ]  # fmt: skip
     failures = 0

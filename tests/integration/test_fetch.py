@@ -1,0 +1,246 @@
+"""A job leaves its queue and enters ``unacked`` in one step (``emailq.core.fetch``).
+
+Each test runs a kombu consumer on the project's Redis transport against a private
+redis-server. A consumer that dies the moment the job reaches it is simulated by making
+the transport's delivery raise: nothing after the fetch's reply runs. kombu's stock
+transport is run the same way, to show the gap this closes.
+"""
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Connection, Consumer, Producer, Queue
+from kombu.transport import redis as kombu_redis
+from redis.exceptions import OutOfMemoryError
+
+from emailq.core import backends
+from emailq.core.keys import QUARANTINE, WAKE
+from tests.support.redis import RedisServer
+
+QUEUE = Queue("normal", routing_key="normal")
+
+
+class Died(BaseException):
+    """The consumer process ended here (nothing catches a BaseException on the way)."""
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def publish(server: RedisServer, body: dict, transport: type = backends.Transport) -> None:
+    with Connection(server.url, transport=transport) as conn:
+        Producer(conn.channel()).publish(
+            body, routing_key="normal", serializer="json", declare=[QUEUE]
+        )
+
+
+def consume(server: RedisServer, count: int, *, seconds: float = 10.0, **options) -> list:
+    """Bodies of up to ``count`` messages taken (and acknowledged) within ``seconds``."""
+    bodies: list = []
+
+    def on_message(body: dict, message) -> None:  # noqa: ANN001 - kombu's Message
+        bodies.append(body)
+        message.ack()
+
+    with (
+        Connection(server.url, transport=backends.Transport, transport_options=options) as conn,
+        Consumer(conn, [QUEUE], callbacks=[on_message], accept=["json"]),
+    ):
+        drain(conn, bodies, count, seconds=seconds)
+    return bodies
+
+
+def drain(
+    conn: Connection, bodies: list, count: int, *, seconds: float = 10.0, tolerate: tuple = ()
+) -> None:
+    deadline = time.monotonic() + seconds
+    while len(bodies) < count and time.monotonic() < deadline:
+        try:
+            conn.drain_events(timeout=0.5)
+        except (TimeoutError, *tolerate):
+            pass
+
+
+def die_on_delivery(server: RedisServer, transport: type) -> None:
+    """A consumer that takes one job and dies before doing anything else with it."""
+
+    def died(*_args: object) -> None:
+        raise Died
+
+    with (
+        Connection(server.url, transport=transport) as conn,
+        Consumer(conn, [QUEUE], callbacks=[lambda body, message: None], accept=["json"]),
+    ):
+        conn.transport._deliver = died
+        with pytest.raises(Died):
+            conn.drain_events(timeout=5)
+        conn.transport.cycle._channels.clear()  # nothing more reaches Redis: no restore
+
+
+def test_a_consumer_that_dies_as_the_job_reaches_it_leaves_the_job_unacknowledged(
+    redis_server: RedisServer,
+) -> None:
+    # Given one job in `normal`
+    publish(redis_server, {"n": 1})
+    redis = redis_server.client()
+
+    # When a consumer takes it and dies at once
+    die_on_delivery(redis_server, backends.Transport)
+
+    # Then the job is in `unacked`, whole, and its visibility timeout gives it back
+    assert redis.llen("normal") == 0
+    assert redis.hlen("unacked") == 1 and redis.zcard("unacked_index") == 1
+    time.sleep(1.1)
+    assert consume(redis_server, 1, visibility_timeout=1) == [{"n": 1}]
+    assert redis.hlen("unacked") == 0 and redis.zcard("unacked_index") == 0
+
+
+def test_kombus_own_transport_loses_that_job(redis_server: RedisServer) -> None:
+    # The gap the fetch script closes: kombu pops (BRPOP), then records (a second trip).
+    # If kombu closes it, this fails, and emailq.core.fetch can go.
+    publish(redis_server, {"n": 1})
+    redis = redis_server.client()
+
+    die_on_delivery(redis_server, kombu_redis.Transport)
+
+    assert redis.llen("normal") == 0
+    assert redis.hlen("unacked") == 0
+
+
+def test_a_full_redis_refuses_the_fetch_and_the_job_stays_queued(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a job in `normal` and a consumer on it
+    publish(redis_server, {"n": 1})
+    redis = redis_server.client()
+    bodies: list = []
+    with Connection(redis_server.url, transport=backends.Transport) as conn:
+        callbacks = [lambda body, message: (bodies.append(body), message.ack())]
+        with Consumer(conn, [QUEUE], callbacks=callbacks, accept=["json"]):
+            # When Redis is over its maxmemory with noeviction as the consumer looks
+            redis.config_set("maxmemory-policy", "noeviction")
+            redis.config_set("maxmemory", 1)
+            # (kombu's own restore sweep fails on it too, outside the fetch)
+            drain(conn, bodies, 1, seconds=2, tolerate=(OutOfMemoryError,))
+
+            # Then nothing is taken: the job is still queued, nothing is half-recorded,
+            # and the refusal is logged
+            assert bodies == []
+            assert redis.llen("normal") == 1 and redis.hlen("unacked") == 0
+            assert caplog.text.count("taking a job from Redis refused") == 1
+            assert "maxmemory" in caplog.text
+
+            # and once Redis has room again, the job is delivered
+            redis.config_set("maxmemory", 0)
+            drain(conn, bodies, 1)
+    assert bodies == [{"n": 1}]
+    assert "taking jobs from Redis works again" in caplog.text
+
+
+def test_a_redis_that_forgot_the_script_is_sent_it_again(redis_server: RedisServer) -> None:
+    # Given a consumer that has run the fetch script once (later fetches name it by digest)
+    publish(redis_server, {"n": 1})
+    publish(redis_server, {"n": 2})
+    bodies: list = []
+    with Connection(redis_server.url, transport=backends.Transport) as conn:
+        callbacks = [lambda body, message: (bodies.append(body), message.ack())]
+        with Consumer(conn, [QUEUE], callbacks=callbacks, accept=["json"]):
+            conn.drain_events(timeout=5)
+            # When Redis loses its script cache (a restart, SCRIPT FLUSH)
+            redis_server.client().script_flush()
+            # Then the next job still arrives
+            drain(conn, bodies, 2)
+    assert bodies == [{"n": 1}, {"n": 2}]
+
+
+def test_a_publish_rings_the_queues_wake_up_list_and_keeps_it_short(
+    redis_server: RedisServer,
+) -> None:
+    for n in range(100):
+        publish(redis_server, {"n": n})
+    assert redis_server.client().llen(WAKE + "normal") == 64
+
+
+def test_a_job_published_by_another_kombu_client_is_still_found(
+    redis_server: RedisServer,
+) -> None:
+    # No wake-up entry: the idle consumer looks again when its 1 s wait times out
+    publish(redis_server, {"n": 1}, transport=kombu_redis.Transport)
+    assert redis_server.client().llen(WAKE + "normal") == 0
+    assert consume(redis_server, 1) == [{"n": 1}]
+
+
+def test_a_malformed_item_is_quarantined_in_the_same_step(redis_server: RedisServer) -> None:
+    # Given a JSON object that is no kombu envelope, between two jobs
+    publish(redis_server, {"n": 1})
+    redis = redis_server.client()
+    redis.lpush("normal", b'{"properties": {"delivery_tag": "t"}}')
+    publish(redis_server, {"n": 2})
+
+    # When a consumer takes the three
+    bodies = consume(redis_server, 2)
+
+    # Then both jobs arrive and the item is in the quarantine, not in unacked
+    assert bodies == [{"n": 1}, {"n": 2}]
+    assert redis.llen(QUARANTINE) == 1
+    assert "exchange and routing_key" in redis.lindex(QUARANTINE, 0).decode()
+    assert redis.hlen("unacked") == 0
+
+
+def hold_one_job(server: RedisServer) -> tuple[Connection, Any]:
+    """A consumer that has taken a job and not finished it, and the channel it holds it on."""
+    conn = Connection(server.url, transport=backends.Transport)
+    held: list = []
+    consumer = Consumer(conn, [QUEUE], callbacks=[lambda b, m: held.append(m)], accept=["json"])
+    consumer.consume()
+    conn.drain_events(timeout=5)
+    assert len(held) == 1
+    return conn, consumer.channel
+
+
+def test_a_channel_closed_after_its_transport_was_released_keeps_its_job(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a consumer holding an unfinished job
+    publish(redis_server, {"n": 1})
+    conn, channel = hold_one_job(redis_server)
+
+    # When its kombu Connection releases the transport before the channel is closed, as
+    # Celery's consumer does on a broker error
+    conn.transport.client = None  # kombu's Connection._do_close_transport
+    channel.close()  # (kombu's own pool raised AttributeError here, and the worker stopped)
+
+    # Then the job stays in `unacked`, and the visibility timeout gives it back
+    assert "1 unfinished job(s) left in Redis's unacked set" in caplog.text
+    assert redis_server.client().hlen("unacked") == 1
+    time.sleep(1.1)
+    assert consume(redis_server, 1, visibility_timeout=1) == [{"n": 1}]
+
+
+def test_a_channel_closed_while_redis_is_down_does_not_raise(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a consumer holding an unfinished job, on a Redis that persists every write
+    server = RedisServer(tmp_path / "aof", fsync="always").start()
+    try:
+        publish(server, {"n": 1})
+        conn, channel = hold_one_job(server)
+
+        # When Redis dies and the channel is closed
+        server.kill()
+        channel.close()
+        assert "1 unfinished job(s) left in Redis's unacked set" in caplog.text
+
+        # Then, with Redis back, the job is given back after the visibility timeout
+        server.start()
+        time.sleep(1.1)
+        assert consume(server, 1, visibility_timeout=1) == [{"n": 1}]
+    finally:
+        server.stop()
