@@ -6,6 +6,10 @@ options are final, Flower starts only with valid credentials (``FLOWER_BASIC_AUT
 or ``FLOWER_AUTH``), or with ``FLOWER_INSECURE_NO_AUTH=true`` for local development.
 Flower's ``/metrics`` handler has no authentication of its own; it is wrapped to need
 the same credentials unless ``FLOWER_METRICS_PUBLIC=true`` opens it for a scraper.
+
+Flower's Broker page picks its Redis reader by the scheme of the broker URL, which kombu
+derives from the transport: our transport class (``emailq.core.backends``) gave it one
+Flower does not know, and the page answered 404. Flower is given ``REDIS_URL`` itself.
 """
 
 import logging
@@ -65,11 +69,21 @@ def _protect_metrics() -> None:
         Metrics.get._emailq_protected = True  # type: ignore[attr-defined]
 
 
+def _broker_urls(settings: Settings) -> None:
+    from flower.app import Flower
+    from kombu.utils.url import maybe_sanitize_url
+
+    Flower.broker_uri = property(lambda _: maybe_sanitize_url(settings.redis_url))
+    Flower.broker_uri_with_password = property(lambda _: settings.redis_url)
+
+
 def install() -> None:
     """Hook Flower's option parsing, when this process is running Flower."""
     if "flower.options" not in sys.modules:
         return
     from tornado.options import add_parse_callback, options
+
+    _broker_urls(get_settings())
 
     def callback() -> None:
         try:

@@ -4,6 +4,7 @@ Prometheus metrics behind the same credentials."""
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -134,3 +135,18 @@ def test_flower_runs_open_only_with_the_explicit_development_flag(session_redis,
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_the_broker_page_shows_the_queues_and_their_depth(flower, session_redis):
+    # Given three jobs waiting in `normal` and none in `high` (no worker is running)
+    for n in range(3):
+        enqueue_email.delay(to="ann@example.com", subject=f"Job {n}", text="x")
+
+    # When the operator opens the Broker page
+    page = _get(f"{flower}/broker")
+
+    # Then it answers (it was a 404: our transport gave the broker URL a scheme Flower does
+    # not know), names the broker, and lists both queues with their depth
+    assert f"redis://127.0.0.1:{session_redis.port}/0" in page
+    rows = re.findall(r'<tr id="(\w+)">\s*<td>\w+</td>\s*<td[^>]*>(\d+)</td>', page)
+    assert ("high", "0") in rows and ("normal", "3") in rows, page[page.find("<tbody>") :][:1500]
