@@ -8,7 +8,10 @@ COPY producer producer
 COPY worker worker
 RUN pip install --no-cache-dir '.[sink]' && useradd --system --create-home emailq
 USER emailq
-# Files we write (the beat schedule, the sink's outbox) live here, not in /app.
+# Files we write (the beat schedule, the sink's outbox) live here, not in /app. Created
+# now, as this user: beat cannot open its schedule in a missing directory, and a named
+# volume mounted on the outbox takes this directory's owner.
 ENV EMAILQ_DATA_DIR=/home/emailq/data
+RUN mkdir -p "$EMAILQ_DATA_DIR/outbox"
 WORKDIR /home/emailq
 CMD ["celery", "-A", "emailq.worker", "worker", "-Q", "high,normal", "--loglevel=INFO"]

@@ -12,7 +12,8 @@ endif
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Re-run when the system packages change too: a checkout installed before keeps up.
+$(VENV)/.installed: pyproject.toml scripts/system-deps.sh
 	@scripts/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("emailq_database_url", "database_url")
     )
+    # Days a job's tracking rows are kept after its last change; beat prunes older ones
+    # daily. A quarter covers audits and month-on-month stats; 0 keeps them for ever.
+    tracking_retention_days: int = 90
 
     # Postfix's minimal_backoff_time (300 s) and maximal_backoff_time (4000 s): the
     # same spacing real MTAs use, well above RFC 5321 4.5.4.1's 30-minute floor once
@@ -219,7 +222,9 @@ class Settings(BaseSettings):
             raise ValueError("must be 1 or more")
         return value
 
-    @field_validator("max_retries", "max_attachment_bytes", "max_body_bytes")
+    @field_validator(
+        "max_retries", "max_attachment_bytes", "max_body_bytes", "tracking_retention_days"
+    )
     @classmethod
     def _not_negative(cls, value: int) -> int:
         if value < 0:

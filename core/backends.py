@@ -45,10 +45,12 @@ class _ReusedClient:
     def _create_client(self, asynchronous: bool = False):  # noqa: ANN202 - kombu's signature
         if asynchronous:
             return super()._create_client(asynchronous=True)  # type: ignore[misc]
-        if self._pool is None and self.connection.client is None:  # type: ignore[attr-defined]
-            # The kombu Connection released this transport (Celery does, on a broker error,
-            # before it closes the consumer's channel): kombu's new pool would fail on the
-            # missing URL with an AttributeError, which stopped the worker.
+        transport = self.connection  # type: ignore[attr-defined]
+        if self._pool is None and (transport is None or transport.client is None):  # type: ignore[attr-defined]
+            # The channel was closed, or the kombu Connection released its transport (Celery
+            # does both on a broker error, then may still ack a job that finished): kombu's
+            # new pool would fail with an AttributeError, which stopped the worker. A
+            # connection error is what kombu's callers expect and log.
             raise redis_errors.ConnectionError("the broker connection was closed")
         client = self.__dict__.get("_sync_client")
         if client is None or client.connection_pool is not self.pool:  # type: ignore[attr-defined]

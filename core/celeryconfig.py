@@ -73,10 +73,11 @@ worker_pool = "threads"
 worker_concurrency = 8
 worker_hijack_root_logger = True
 
-# Periodic jobs for `celery -A emailq.worker beat` (`make beat`): monitoring and the daily report.
-# Both are thin and fast; they run on the normal queue like any other job.
+# Periodic jobs for `celery -A emailq.worker beat` (`make beat`): the daily report and
+# tracking retention. Both are thin; they run on the normal queue like any other job.
 task_routes = {
-    "emailq.check_system": {"queue": "normal"},
     "emailq.send_report": {"queue": "normal"},
+    "emailq.prune_tracking": {"queue": "normal"},
 }
 beat_schedule_filename = str(_settings.data_dir / "celerybeat-schedule")
+beat_scheduler = "emailq.worker.periodic:Scheduler"  # creates EMAILQ_DATA_DIR if missing

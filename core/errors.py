@@ -9,11 +9,14 @@ because settings raise them and ``config`` imports nothing of ours; they are the
 classes here.
 """
 
+from collections.abc import Collection
+from typing import Self
+
 from emailq.config.errors import ConfigurationError, EmailQError
 
 __all__ = [
     "AuthenticationFailed", "BrokerUnavailable", "CircuitOpen", "ConfigurationError",
-    "DeliveryError", "RelayUnavailable",
+    "ConnectFailed", "DeliveryError", "RelayUnavailable",
     "EmailQError", "InvalidEmail", "JobBusy", "JobExpired", "PermanentError", "QueueFull",
     "RateLimited", "TLSVerificationError", "TransientError",
 ]  # fmt: skip
@@ -69,6 +72,13 @@ def _sanitized_url(url: str) -> str:
     return ";".join(masked)
 
 
+MAX_NAMED = 5  # recipients named in one error message; the dead-letter entry lists them all
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 class _SMTPReply:
     """Carries the last SMTP reply and the recipients it concerned."""
 
@@ -89,13 +99,44 @@ class _SMTPReply:
 class DeliveryError(_SMTPReply, EmailQError):
     """Sending failed; carries the last SMTP reply and the recipients affected."""
 
+    turned_away = "refused"  # what happened to the recipients a message of this kind names
+
+    @classmethod
+    def refusing(
+        cls, recipients: dict[str, tuple[int, str]], *, hidden: Collection[str] = (),
+        verb: str | None = None,
+    ) -> Self:  # fmt: skip
+        """The error for ``recipients``, each named in the message with the server's reply.
+
+        Addresses in ``hidden`` (Bcc) are counted, not named: the message is kept as the
+        task's result, which Flower shows.
+        """
+        code, text = next(iter(recipients.values()), (None, None))
+        named = [f"{r} ({c} {t})" for r, (c, t) in recipients.items() if r not in hidden]
+        parts = named[:MAX_NAMED]
+        if len(named) > MAX_NAMED:
+            parts.append(f"{len(named) - MAX_NAMED} more")
+        if bcc := len(recipients) - len(named):
+            parts.append(_count(bcc, "Bcc recipient"))
+        shown = " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
+        message = f"{_count(len(recipients), 'recipient')} {verb or cls.turned_away}: {shown}"
+        return cls(message, smtp_code=code, smtp_text=text, recipients=dict(recipients))
+
 
 class TransientError(DeliveryError):
     """May succeed later (4xx, disconnect, timeout); retried with backoff."""
 
+    turned_away = "deferred"
+
 
 class PermanentError(DeliveryError):
     """Cannot succeed as it stands (5xx); goes to the dead-letter queue."""
+
+    turned_away = "refused permanently"
+
+
+class ConnectFailed(TransientError, ConnectionError):
+    """The SMTP relay could not be reached (refused, timeout, DNS, TLS handshake); retried."""
 
 
 class AuthenticationFailed(_SMTPReply, ConfigurationError):

@@ -14,3 +14,5 @@ QUARANTINE = "emailq:quarantine"  # broker-queue items no worker could read, as 
 WAKE = "emailq:wake:"  # + queue -> entries a publish pushes to wake idle consumers (fetch.py)
 CIRCUIT = "emailq:circuit:"  # + relay:port:login -> the circuit breaker's keys
 MARKER = "emailq:marker"  # written once by the first worker: its absence means Redis lost its data
+COUNTERS = "emailq:counters"  # job outcomes counted by workers, exported by /metrics
+MONITOR = "emailq:monitor:"  # + host -> the worker process elected to watch that host

@@ -4,6 +4,7 @@ Rendering in the producer means a missing variable is refused with ``InvalidEmai
 before anything is published, and the worker sends exactly what was validated.
 """
 
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from emailq.config import get_settings
 from emailq.core.errors import ConfigurationError, InvalidEmail
 
 PACKAGED = Path(__file__).with_name("templates")  # the templates this project ships
+UNDEFINED = re.compile(r"'(\w+)' is undefined")  # StrictUndefined's words for a missing name
 
 
 @cache
@@ -58,7 +60,16 @@ def _render(name: str, context: dict[str, Any], *, required: bool) -> str | None
             ) from None
         return None
     except UndefinedError as exc:
-        raise InvalidEmail(f"context: template {name} needs {exc.message}") from None
+        template = name.rpartition(".")[0]
+        if missing := UNDEFINED.fullmatch(exc.message or ""):
+            raise InvalidEmail(
+                f"context: template '{template}' needs the variable '{missing[1]}', "
+                "which is missing"
+            ) from None
+        raise InvalidEmail(  # e.g. "'dict object' has no attribute 'name'", from user.name
+            f"context: template '{template}' cannot render {name}: {exc.message}; "
+            "add what it names to the context"
+        ) from None
     except TemplateError as exc:
         raise InvalidEmail(f"template: {name} is broken: {exc}") from None
 

@@ -58,7 +58,11 @@ def _no_breaks(field: str, value: str) -> str:
         raise InvalidEmail(f"{field}: expected a string, got {type(value).__name__}")
     for char in FORBIDDEN:
         if char in value:
-            raise InvalidEmail(f"{field}: contains {char!r}; header values and addresses cannot")
+            what = "a NUL character" if char == "\0" else "a line break"
+            raise InvalidEmail(
+                f"{field}: contains {what} ({char!r}); header values and addresses cannot "
+                "contain line breaks or NUL characters"
+            )
     if problem := header_problem(value):
         raise InvalidEmail(f"{field}: contains {problem}")
     return value

@@ -4,10 +4,12 @@ import re
 import smtplib
 import socket
 import ssl
+from collections.abc import Collection
 
 from emailq.core.errors import (
     AuthenticationFailed,
     ConfigurationError,
+    ConnectFailed,
     DeliveryError,
     PermanentError,
     TransientError,
@@ -43,8 +45,12 @@ def _text(reply: bytes | str) -> str:
     return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
 
 
-def classify(exc: BaseException) -> DeliveryError | ConfigurationError | None:
+def classify(
+    exc: BaseException, *, hidden: Collection[str] = ()
+) -> DeliveryError | ConfigurationError | None:
     """Map a send failure onto the error tree; ``None`` means a bug, not a delivery failure.
+
+    Recipients in ``hidden`` (Bcc) are counted in the message, not named.
 
     smtplib's exceptions subclass ``OSError``, so they are matched before any
     network error: a blanket ``OSError`` rule would retry a 550 forever.
@@ -64,12 +70,7 @@ def classify(exc: BaseException) -> DeliveryError | ConfigurationError | None:
                     smtp_text=text,
                 )
             kind = TransientError if TransientError in kinds else PermanentError
-            return kind(
-                f"every recipient refused: {refused}",
-                smtp_code=code,
-                smtp_text=text,
-                recipients=refused,
-            )
+            return kind.refusing(refused, hidden=hidden, verb="refused")
         case smtplib.SMTPResponseException():
             stage = {
                 smtplib.SMTPSenderRefused: "mail",
@@ -85,6 +86,11 @@ def classify(exc: BaseException) -> DeliveryError | ConfigurationError | None:
                     "(or EMAIL_ADDRESS) and EMAIL_PASSWORD"
                 )
             return kind(message, smtp_code=exc.smtp_code, smtp_text=text)
+        case smtplib.SMTPNotSupportedError() if "SMTP AUTH" in str(exc):  # from SMTP.login
+            return ConfigurationError(
+                "EMAIL_PASSWORD is set but the server offers no login (SMTP AUTH): check "
+                "SMTP_SERVER/SMTP_PORT (they win over SMTP_PROVIDER), or unset EMAIL_PASSWORD"
+            )
         case smtplib.SMTPNotSupportedError():
             return ConfigurationError(f"SMTP_SECURITY/SMTP_SERVER: {exc}")
         case smtplib.SMTPServerDisconnected():
@@ -94,10 +100,33 @@ def classify(exc: BaseException) -> DeliveryError | ConfigurationError | None:
             return ConfigurationError(f"SMTP_SERVER/SMTP_USERNAME: {exc}")
         case ssl.SSLCertVerificationError():
             return ConfigurationError(f"SMTP_CA_FILE: certificate did not verify: {exc}")
-        case socket.gaierror():
-            return TransientError(f"SMTP_SERVER did not resolve: {exc}")
-        case TimeoutError() | ConnectionError() | ssl.SSLError():
-            return TransientError(f"network: {exc!r}")
-        case OSError():
-            return TransientError(f"network: {exc!r}")
+        case OSError():  # mid-session: SMTPSender.connect raises ConnectFailed (below) itself
+            return TransientError(f"SMTP connection lost: {_cause(exc)}")
     return None
+
+
+def connect_failed(exc: OSError, *, server: str, port: int, security: str) -> ConnectFailed:
+    """The error for a relay that could not be reached, naming it: where and how we tried."""
+    match exc:
+        case socket.gaierror():
+            hint = "check SMTP_SERVER"
+        case ssl.SSLError():
+            hint = "check that SMTP_SECURITY suits the port (ssl for 465, starttls for 587)"
+        case _:
+            hint = "check SMTP_SERVER and SMTP_PORT"
+    return ConnectFailed(f"cannot connect to {server}:{port} ({security}): {_cause(exc)}; {hint}")
+
+
+def _cause(exc: OSError) -> str:
+    """What went wrong on the network, in words."""
+    match exc:
+        case socket.gaierror():
+            return f"the name does not resolve ({exc.strerror or exc})"
+        case ssl.SSLError():
+            return f"TLS handshake failed ({getattr(exc, 'reason', None) or exc})"
+        case TimeoutError():
+            return "timed out (no reply within SMTP_TIMEOUT_S)"
+        case smtplib.SMTPServerDisconnected():
+            return f"the server closed the connection ({exc})"
+    words = exc.strerror or str(exc) or type(exc).__name__
+    return words[:1].lower() + words[1:]  # "Connection refused" -> "connection refused"

@@ -10,7 +10,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from email.utils import getaddresses
 from typing import Any
@@ -21,6 +21,7 @@ from kombu import Queue
 
 from emailq.core.errors import InvalidEmail
 from emailq.core.keys import DEAD_LETTER
+from emailq.worker import counters
 from emailq.worker.delivery import shared
 from emailq.worker.ledger import JobState
 from emailq.worker.recorder import recorder
@@ -51,7 +52,13 @@ def bury(
         log.critical("job %s: dead-letter publish failed; entry: %r", job_id, entry)
         raise
     _drop_older(ledger.redis, job_id)
-    log.error("job %s dead-lettered (%s): %s", job_id, reason, entry["error"])
+    if over:
+        counters.count(ledger.redis, "dead", reason)
+    log.error(
+        "job %s dead-lettered (%s): %s; last SMTP reply: %s; see `emailq dlq show %s`",
+        job_id, reason, entry["error"], reply_text(entry["smtp_code"], entry["smtp_text"]),
+        job_id,
+    )  # fmt: skip
     if not over:
         return
     verdict = "partial" if state.delivered else "dead"
@@ -96,6 +103,11 @@ def make_entry(
     }
 
 
+def reply_text(code: int | None, text: str | None) -> str:
+    """An SMTP reply as an operator reads it; the recipient may have had none."""
+    return f"{code or ''} {text or ''}".strip() or "no reply recorded"
+
+
 def _recipients(job: dict[str, Any]) -> list[str]:
     values = [v for k in ("to", "cc", "bcc") for v in job.get(k) or () if isinstance(v, str)]
     return [addr for _, addr in getaddresses(values) if addr]
@@ -138,6 +150,27 @@ def read(client: redis.Redis) -> list[Stored]:
 def find(client: redis.Redis, job_id: str) -> Stored | None:
     matches = [s for s in read(client) if s.entry["job_id"] == job_id]
     return matches[-1] if matches else None
+
+
+def select(
+    stored: list[Stored], *, reasons: Collection[str] = (), batches: Collection[str] = (),
+    since: float | None = None,
+) -> list[Stored]:  # fmt: skip
+    """The entries that pass every filter given; an empty filter passes everything.
+
+    ``reasons``: any of these reasons; ``batches``: any of these bulk batch ids;
+    ``since``: dead at or after this time (epoch seconds).
+    """
+
+    def matches(entry: dict[str, Any]) -> bool:
+        job = entry.get("job") if isinstance(entry.get("job"), dict) else {}
+        return (
+            (not reasons or entry.get("reason") in reasons)
+            and (not batches or job.get("batch_id") in batches)
+            and (since is None or float(entry.get("dead_at") or 0) >= since)
+        )
+
+    return [s for s in stored if matches(s.entry)]
 
 
 def remove(client: redis.Redis, stored: Stored) -> bool:

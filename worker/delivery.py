@@ -9,6 +9,7 @@ import logging
 import smtplib
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
 from typing import Any
@@ -25,6 +26,7 @@ from emailq.core.errors import (
 )
 from emailq.core.job import EmailJob
 from emailq.core.store import redis_client
+from emailq.worker import counters
 from emailq.worker.circuit import BASE_S, Circuit, account
 from emailq.worker.classify import classify, classify_reply
 from emailq.worker.ledger import JobState, Ledger
@@ -112,7 +114,8 @@ def deliver(
         try:
             result = sender.send(message, sender=from_.addr_spec, recipients=pending)
         except Exception as exc:
-            outcome = judge_error(exc, pending, attempts=len(state.attempts) + 1)
+            attempts = len(state.attempts) + 1
+            outcome = judge_error(exc, pending, attempts=attempts, hidden=bcc_only(job))
             if outcome is None:
                 raise  # a bug: dead-lettered as crashed, with its traceback
             if circuit is not None and relay_failure(exc, outcome.error):
@@ -125,8 +128,9 @@ def deliver(
             if circuit is not None:
                 circuit.succeeded()
             outcome = judge_result(
-                result, earlier_failed=state.failed, earlier_delivered=state.delivered
-            )
+                result, earlier_failed=state.failed, earlier_delivered=state.delivered,
+                hidden=bcc_only(job),
+            )  # fmt: skip
             log.info(
                 "job %s sent to %d recipient(s), %d refused: %s %s",
                 job_id, len(result.accepted), len(result.refused), *result.reply,
@@ -148,8 +152,12 @@ def judge_result(
     *,
     earlier_failed: dict[str, Reply],
     earlier_delivered: set[str] | frozenset[str] = frozenset(),
+    hidden: Collection[str] = (),
 ) -> Outcome:
     """The outcome of a send the server took: who has it, who was refused, what comes next.
+
+    The error names the recipients it concerns with their replies; ``hidden`` ones (Bcc)
+    only as a count.
 
     - everyone has it: ``sent``;
     - some deferred (4xx): a ``TransientError`` for them alone, carrying in ``permanent``
@@ -174,21 +182,12 @@ def judge_result(
     error: Exception | None = None
     final = "sent" if clean else None
     if transient:
-        code, text = next(iter(transient.values()))
-        error = TransientError(
-            f"{len(transient)} recipient(s) deferred", smtp_code=code, smtp_text=text,
-            recipients=transient,
-        )  # fmt: skip
+        error = TransientError.refusing(transient, hidden=hidden)
         error.permanent = permanent  # type: ignore[attr-defined] - dead-lettered now
     elif (permanent or earlier_failed) and someone:
         final = "partial"
     elif permanent or earlier_failed:
-        refused = {**earlier_failed, **permanent}
-        code, text = next(iter(refused.values()))
-        error = PermanentError(
-            f"{len(refused)} recipient(s) refused permanently",
-            smtp_code=code, smtp_text=text, recipients=refused,
-        )  # fmt: skip
+        error = PermanentError.refusing({**earlier_failed, **permanent}, hidden=hidden)
     return Outcome(attempt, tuple(result.accepted), permanent, final, error)
 
 
@@ -202,9 +201,11 @@ def relay_failure(exc: BaseException, error: Exception | None) -> bool:
     return isinstance(exc, OSError) and not isinstance(exc, replied)
 
 
-def judge_error(exc: BaseException, pending: list[str], *, attempts: int) -> Outcome | None:
+def judge_error(
+    exc: BaseException, pending: list[str], *, attempts: int, hidden: Collection[str] = ()
+) -> Outcome | None:
     """The outcome of a send that raised; None when the error is a bug, not a delivery failure."""
-    error = classify(exc)
+    error = classify(exc, hidden=hidden)
     if error is None:
         return None
     if isinstance(error, ConfigurationError):
@@ -241,6 +242,7 @@ def record(
     track.emit("attempt", job_id, **outcome.attempt)
     if outcome.final is not None:  # sent, or partial
         track.emit(outcome.final, job_id, info, attempts=len(state.attempts) + 1)
+        counters.count(ledger.redis, outcome.final)
     ledger.record(
         job_id, state, delivered=list(outcome.delivered), failed=outcome.failed, token=token,
         final=outcome.final, attempt=outcome.attempt,
@@ -254,7 +256,7 @@ def report(
 
     Results are kept for days and shown by Flower, so Bcc recipients appear as a count.
     """
-    hidden = {parseaddr(a)[1] for a in job.bcc} - {parseaddr(a)[1] for a in (*job.to, *job.cc)}
+    hidden = bcc_only(job)
     return {
         "message_id": f"<{job_id}@{sender_domain}>",
         "accepted": sorted(state.delivered - hidden),
@@ -264,6 +266,13 @@ def report(
             "refused": len(set(state.failed) & hidden),
         },
         **extra,
+    }
+
+
+def bcc_only(job: EmailJob) -> frozenset[str]:
+    """Recipients only on Bcc: results and their errors count them, never name them."""
+    return frozenset(parseaddr(a)[1] for a in job.bcc) - {
+        parseaddr(a)[1] for a in (*job.to, *job.cc)
     }
 
 

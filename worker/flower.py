@@ -7,6 +7,9 @@ or ``FLOWER_AUTH``), or with ``FLOWER_INSECURE_NO_AUTH=true`` for local developm
 Flower's ``/metrics`` handler has no authentication of its own; it is wrapped to need
 the same credentials unless ``FLOWER_METRICS_PUBLIC=true`` opens it for a scraper.
 
+``/metrics`` also serves our own figures (``emailq.worker.metrics``): the backlog, job
+outcomes and the relay circuit, read from Redis at each scrape.
+
 Flower's Broker page picks its Redis reader by the scheme of the broker URL, which kombu
 derives from the transport: our transport class (``emailq.core.backends``) gave it one
 Flower does not know, and the page answered 404. Flower is given ``REDIS_URL`` itself.
@@ -77,13 +80,23 @@ def _broker_urls(settings: Settings) -> None:
     Flower.broker_uri_with_password = property(lambda _: settings.redis_url)
 
 
+def _register_metrics(settings: Settings) -> None:
+    from prometheus_client import REGISTRY
+
+    from emailq.worker.metrics import Collector
+
+    REGISTRY.register(Collector(settings))
+
+
 def install() -> None:
     """Hook Flower's option parsing, when this process is running Flower."""
     if "flower.options" not in sys.modules:
         return
     from tornado.options import add_parse_callback, options
 
-    _broker_urls(get_settings())
+    settings = get_settings()
+    _broker_urls(settings)
+    _register_metrics(settings)
 
     def callback() -> None:
         try:

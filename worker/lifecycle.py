@@ -25,7 +25,9 @@ from emailq.worker import deadletter
 from emailq.worker.app import app
 from emailq.worker.delivery import close_shared_sender
 from emailq.worker.marker import Watch
+from emailq.worker.monitor import Monitor
 from emailq.worker.mover import Mover
+from emailq.worker.periodic import publish as publish_job
 from emailq.worker.recorder import recorder
 from emailq.worker.retry import decide
 from emailq.worker.sender import tls_context
@@ -88,12 +90,14 @@ def _track_retry(sender=None, request=None, reason=None, **_):
 
 
 _mover: Mover | None = None
+_monitor: Monitor | None = None
 
 
 @worker_ready.connect
 def _start(sender: Any = None, **_: Any) -> None:
-    """Start the delayed-job mover and the tracking writer (which stores producers' events)."""
-    global _mover
+    """Start the delayed-job mover, the tracking writer (which stores producers' events) and
+    the host monitor (``emailq.worker.monitor``)."""
+    global _mover, _monitor
     if not _ours(sender):
         return
 
@@ -111,6 +115,7 @@ def _start(sender: Any = None, **_: Any) -> None:
     _mover = Mover(redis_client(), publish, reject=reject).start()
     Watch(redis_client()).start()
     recorder()
+    _monitor = Monitor(redis_client(), get_settings(), publish_job).start()
 
 
 @worker_shutdown.connect
@@ -119,6 +124,8 @@ def _stop(sender: Any = None, **_: Any) -> None:
         return
     if _mover is not None:
         _mover.stop()
+    if _monitor is not None:
+        _monitor.stop()
     close_shared_sender()
     recorder().flush()
 

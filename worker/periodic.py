@@ -1,66 +1,30 @@
-"""Periodic jobs for ``celery -A emailq.worker beat``: system monitoring and the delivery report.
+"""Periodic jobs for ``celery -A emailq.worker beat``: the delivery report, retention.
 
-They create new jobs on the worker side: validated here, then published with the
-worker's own task, which is how an application's jobs arrive too.
+The report creates a new job on the worker side: validated here, then published with the
+worker's own task, which is how an application's jobs arrive too. Host monitoring is not
+a beat job: each host's workers watch that host (``emailq.worker.monitor``).
 """
 
 import csv
 import io
 import logging
-import socket
 import time
+from pathlib import Path
 from typing import Any
 
-import psutil
 from celery import Celery
+from celery.beat import PersistentScheduler
 from celery.schedules import crontab
 
 from emailq.config import Settings, get_settings
-from emailq.core.alerts import alert_job, cooling_down
 from emailq.core.job import EmailJob, stamped
-from emailq.core.store import redis_client
 from emailq.core.validation import validate_job
 from emailq.worker.app import app
 from emailq.worker.recorder import default_store, recorder
+from emailq.worker.retention import prune
 from emailq.worker.tasks import send
 
 log = logging.getLogger(__name__)
-
-
-def readings(disk_path: str) -> dict[str, float]:
-    """CPU, memory and disk use, in percent."""
-    return {
-        "CPU": psutil.cpu_percent(interval=1),
-        "Memory": psutil.virtual_memory().percent,
-        "Disk": psutil.disk_usage(disk_path).percent,
-    }
-
-
-@app.task(name="emailq.check_system", ignore_result=True, shared=False)
-def check_system() -> list[str]:
-    """Alert on every reading over its threshold (each cooled down fleet-wide)."""
-    settings = get_settings()
-    if not settings.alert_to:
-        return []
-    thresholds = {
-        "CPU": settings.alert_cpu_percent,
-        "Memory": settings.alert_memory_percent,
-        "Disk": settings.alert_disk_percent,
-    }
-    host, sent = socket.gethostname(), []
-    for check, value in readings(settings.alert_disk_path).items():
-        if value >= thresholds[check]:
-            name = f"{check} usage"
-            if cooling_down(redis_client(), name, host, settings.alert_cooldown_s):
-                continue
-            job = alert_job(
-                name, host, f"{value:.0f}%", f"{thresholds[check]:.0f}%", to=settings.alert_to,
-                cooldown_s=settings.alert_cooldown_s, severity="critical", settings=settings,
-            )  # fmt: skip
-            job_id = publish(job)
-            sent.append(job_id)
-            log.warning("alert %s: %s usage %.0f%% on %s", job_id, check, value, host)
-    return sent
 
 
 def publish(job: EmailJob) -> str:
@@ -101,16 +65,40 @@ def report_job(stats: dict[str, int], settings: Settings) -> EmailJob:
     return validate_job(kwargs, settings)
 
 
+@app.task(name="emailq.prune_tracking", ignore_result=True, shared=False)
+def prune_tracking() -> int:
+    """Delete tracking rows older than TRACKING_RETENTION_DAYS (0 keeps them for ever)."""
+    days = get_settings().tracking_retention_days
+    if not days:
+        return 0
+    engine = default_store().engine
+    try:
+        pruned = prune(engine, days=days)
+    finally:
+        engine.dispose()  # once a day: no pool to keep open in the worker
+    log.info("tracking retention: %d jobs unchanged for %d days deleted", pruned, days)
+    return pruned
+
+
+class Scheduler(PersistentScheduler):
+    """Celery's scheduler, creating ``EMAILQ_DATA_DIR`` (where its file lives) on first run."""
+
+    def setup_schedule(self) -> None:
+        Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+        super().setup_schedule()
+
+
 def beat_schedule() -> dict[str, Any]:
     settings = get_settings()
     return {
-        "check-system": {
-            "task": "emailq.check_system",
-            "schedule": settings.alert_check_interval_s,
-        },
         "daily-report": {
             "task": "emailq.send_report",
             "schedule": crontab(minute=0, hour=settings.report_hour),
+        },
+        # Daily, off the hour so it never meets the report (REPORT_HOUR:00).
+        "prune-tracking": {
+            "task": "emailq.prune_tracking",
+            "schedule": crontab(minute=30, hour=3),
         },
     }
 

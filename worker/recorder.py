@@ -113,9 +113,21 @@ class Recorder:
         except Exception as exc:  # noqa: BLE001 - any database failure: keep the events
             self._events.extendleft(reversed(batch))
             self._trim()
-            log.warning("tracking store unavailable, %d events kept: %s", len(self._events), exc)
+            if self._healthy:  # once per outage: the writer tries again every tick
+                reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]  # no SQL dump
+                log.warning(
+                    "tracking store %s (%s); %d events kept in memory and written on the next "
+                    "try (every %gs): nothing is lost (up to %d are kept), and sending goes on",
+                    "busy" if "locked" in reason else "unavailable", reason, len(self._events),
+                    FLUSH_INTERVAL_S, MAX_BACKLOG,
+                )  # fmt: skip
             self._healthy = False
             return False
+        if not self._healthy:  # the warning's closing line, at the same level so both show
+            log.warning(
+                "tracking store available again: writing the %d events kept",
+                len(batch) + len(self._events),
+            )
         self._healthy = True
         return True
 

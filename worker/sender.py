@@ -15,6 +15,7 @@ from smtplib import quoteaddr
 
 from emailq.config import Settings
 from emailq.core.errors import ConfigurationError, TLSVerificationError
+from emailq.worker.classify import connect_failed
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +134,15 @@ class SMTPSender:
                 raise
         except ssl.SSLCertVerificationError as exc:
             raise TLSVerificationError(
-                f"certificate of {s.smtp_server}:{s.smtp_port} did not verify "
+                f"certificate of {s.smtp_server}:{s.smtp_port} ({s.security}) did not verify "
                 f"({exc.verify_message}); add its CA with SMTP_CA_FILE"
             ) from exc
+        except OSError as exc:  # refused, timed out, no such host, TLS handshake, hung up
+            replied = isinstance(exc, smtplib.SMTPException)  # or smtplib refused by itself
+            if replied and not isinstance(exc, smtplib.SMTPServerDisconnected):
+                raise  # classify() words these
+            where = {"server": s.smtp_server, "port": s.smtp_port, "security": s.security}
+            raise connect_failed(exc, **where) from exc
         with self._lock:
             self.opened += 1
         log.debug("connected to %s:%s (%s)", s.smtp_server, s.smtp_port, s.security)

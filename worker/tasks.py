@@ -17,11 +17,17 @@ from celery.utils import uuid
 
 from emailq.config import get_settings
 from emailq.core import delayed
-from emailq.core.errors import ConfigurationError, InvalidEmail, PermanentError
+from emailq.core.errors import (
+    ConfigurationError,
+    InvalidEmail,
+    JobExpired,
+    PermanentError,
+    TransientError,
+)
 from emailq.core.job import EmailJob, payload_summary
 from emailq.core.keys import QUEUES
 from emailq.core.store import redis_client
-from emailq.worker import chunks, deadletter
+from emailq.worker import chunks, counters, deadletter
 from emailq.worker.app import app
 from emailq.worker.delivery import deliver, shared
 from emailq.worker.recorder import recorder
@@ -30,6 +36,11 @@ from emailq.worker.retry import INFRASTRUCTURE, Decision, decide
 log = logging.getLogger(__name__)
 
 WAIT_FOR_REDIS_S = 30.0  # how long a thread waits for Redis before giving the job back
+# Failures that end in the dead-letter queue by design: refused, retries spent, invalid,
+# expired. A TransientError reaches Celery only once retries are spent. Celery logs these
+# at INFO without a traceback (celery.app.trace.get_log_policy); the dead-letter handler
+# logs the one ERROR line. The task still ends in FAILURE: get() raises, errbacks run.
+EXPECTED = (InvalidEmail, JobExpired, PermanentError, TransientError)
 
 
 class WorkerTask(Task):
@@ -51,7 +62,10 @@ class WorkerTask(Task):
         return super().apply_async(args, kwargs, task_id=task_id, queue=queue, **options)
 
 
-@app.task(bind=True, base=WorkerTask, name="emailq.send", max_retries=None, shared=False)
+@app.task(
+    bind=True, base=WorkerTask, name="emailq.send", max_retries=None, shared=False,
+    throws=EXPECTED,
+)  # fmt: skip
 def send(self: WorkerTask, **payload: Any) -> dict[str, Any]:
     """One email."""
     settings = get_settings()
@@ -74,7 +88,10 @@ def send(self: WorkerTask, **payload: Any) -> dict[str, Any]:
         raise _again(self, payload, decision, exc) from None
 
 
-@app.task(bind=True, base=WorkerTask, name="emailq.send_many", max_retries=None, shared=False)
+@app.task(
+    bind=True, base=WorkerTask, name="emailq.send_many", max_retries=None, shared=False,
+    throws=EXPECTED,
+)  # fmt: skip
 def send_many(self: WorkerTask, jobs: list[dict[str, Any]]) -> dict[str, int]:
     """A chunk of a bulk send (``emailq.worker.chunks``): several jobs, each with its own id."""
     if not isinstance(jobs, list):
@@ -117,7 +134,15 @@ def _again(
         )  # fmt: skip
     except INFRASTRUCTURE:
         raise Reject(exc, requeue=True) from None
+    _count_again(decision, exc)
     return Retry(exc=exc, when=decision.countdown)
+
+
+def _count_again(decision: Decision, exc: BaseException) -> None:
+    if decision.spends_budget:
+        counters.count(redis_client(), "retried")
+    else:  # held back, not the job's fault: by why (JobBusy, CircuitOpen, RateLimited...)
+        counters.count(redis_client(), "deferred", type(exc).__name__)
 
 
 def _redis_answers(within_s: float) -> bool:
@@ -141,6 +166,7 @@ def _hand_off(job_id: str, payload: dict, decision: Decision, exc: Exception) ->
     """A chunk's job that did not go out continues as a single job, with the same id."""
     retries = 1 if decision.spends_budget else 0
     send.apply_async(kwargs=payload, task_id=job_id, countdown=decision.countdown, retries=retries)
+    _count_again(decision, exc)
     recorder().emit("retrying", job_id, payload, attempts=retries + 1, last_error=str(exc))
 
 
@@ -152,10 +178,6 @@ def _bury(
 
 def bury_refused(job_id: str, payload: dict) -> None:
     """Dead-letter, at once, the recipients refused for good; the job itself goes on."""
-    refused = shared().ledger.state(job_id).failed
-    code, text = next(iter(refused.values()), (None, None))
-    error = PermanentError(
-        f"{len(refused)} recipient(s) refused permanently", smtp_code=code, smtp_text=text,
-        recipients=dict(refused),
-    )  # fmt: skip
+    # Named, Bcc too: the entry and the tracking store are read by operators, not Flower.
+    error = PermanentError.refusing(dict(shared().ledger.state(job_id).failed))
     deadletter.bury(app, job_id, payload, error, reason="permanent", over=False)

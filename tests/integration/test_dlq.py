@@ -115,9 +115,49 @@ def test_purge_removes_entries_by_age(session_redis):
              "dead_at": now - age_days * 86400},
         )  # fmt: skip
 
-    older = emailq(session_redis.url, "dlq", "purge", "--older-than", "7")
+    older = emailq(session_redis.url, "dlq", "purge", "--older-than", "7", "--yes")
     assert older.returncode == 0 and "purged 1 entry" in older.stdout
     assert [s.entry["job_id"] for s in deadletter.read(redis)] == ["new-job"]
-    everything = emailq(session_redis.url, "dlq", "purge")
+    unconfirmed = emailq(session_redis.url, "dlq", "purge")  # no terminal to ask: refused
+    assert unconfirmed.returncode == 1 and "pass --yes" in unconfirmed.stderr
+    assert len(deadletter.read(redis)) == 1
+    everything = emailq(session_redis.url, "dlq", "purge", "--yes")
     assert "purged 1 entry" in everything.stdout
     assert deadletter.read(redis) == []
+
+
+def test_replay_with_a_reason_filter_replays_only_the_entries_dead_for_that_reason(
+    session_redis,
+):
+    # Given dead letters for two reasons, one of them in a bulk batch, one dead long ago
+    redis = session_redis.client()
+    now = time.time()
+    for job_id, reason, batch, age_s in (
+        ("spent-1", "exhausted", None, 60), ("spent-2", "exhausted", "batch-7", 60),
+        ("refused-1", "permanent", None, 60), ("spent-old", "exhausted", None, 3 * 86400),
+    ):  # fmt: skip
+        job = {"to": [f"{job_id}@example.com"], "subject": "s", "text": "t"}
+        if batch:
+            job["batch_id"] = batch
+        deadletter.publish(
+            app,
+            {"job_id": job_id, "job": job, "reason": reason, "attempts": [],
+             "failed_recipients": {}, "delivered_recipients": [], "dead_at": now - age_s},
+        )  # fmt: skip
+
+    # When the exhausted ones of the last day are replayed
+    replayed = emailq(session_redis.url, "dlq", "replay", "--reason", "exhausted", "--since", "1d")
+
+    # Then those two are back on their queue under their ids; the others stay dead
+    assert replayed.returncode == 0, replayed.stderr
+    assert sorted(replayed.stdout.splitlines()) == ["spent-1: replayed", "spent-2: replayed"]
+    queued = {json.loads(raw)["headers"]["id"] for raw in redis.lrange("normal", 0, -1)}
+    assert queued == {"spent-1", "spent-2"}
+    left = {s.entry["job_id"] for s in deadletter.read(redis)}
+    assert left == {"refused-1", "spent-old"}
+    # And a batch filter combines with --all; a bad --since is refused, naming what it takes
+    by_batch = emailq(session_redis.url, "dlq", "replay", "--all", "--batch", "batch-7")
+    assert by_batch.returncode == 0 and "nothing to replay" in by_batch.stdout
+    bad = emailq(session_redis.url, "dlq", "replay", "--reason", "permanent", "--since", "soon")
+    assert bad.returncode == 2 and "neither an ISO date/time" in bad.stderr
+    assert {s.entry["job_id"] for s in deadletter.read(redis)} == left

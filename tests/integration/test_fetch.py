@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from kombu import Connection, Consumer, Producer, Queue
 from kombu.transport import redis as kombu_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 
 from emailq.core import backends
@@ -244,3 +245,21 @@ def test_a_channel_closed_while_redis_is_down_does_not_raise(
         assert consume(server, 1, visibility_timeout=1) == [{"n": 1}]
     finally:
         server.stop()
+
+
+def test_acknowledging_on_a_closed_channel_is_a_connection_error(
+    redis_server: RedisServer,
+) -> None:
+    # Given a job held on a channel that is then closed after its transport was released
+    # (Celery's order on a broker error), while a pool thread is still sending the job
+    publish(redis_server, {"n": 1})
+    conn, channel = hold_one_job(redis_server)
+    [message] = list(channel.qos._delivered.values())
+    conn.transport.client = None
+    channel.close()
+
+    # When the thread finishes and acknowledges, the error is one kombu's callers log and
+    # survive (Message.ack_log_error), not the AttributeError that stopped the worker
+    with pytest.raises(RedisConnectionError):
+        message.ack()
+    conn.release()

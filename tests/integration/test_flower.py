@@ -150,3 +150,19 @@ def test_the_broker_page_shows_the_queues_and_their_depth(flower, session_redis)
     assert f"redis://127.0.0.1:{session_redis.port}/0" in page
     rows = re.findall(r'<tr id="(\w+)">\s*<td>\w+</td>\s*<td[^>]*>(\d+)</td>', page)
     assert ("high", "0") in rows and ("normal", "3") in rows, page[page.find("<tbody>") :][:1500]
+
+
+def test_metrics_include_the_backlog_read_from_redis(flower):
+    # Given two jobs waiting in `normal`
+    for n in range(2):
+        enqueue_email.delay(to="ann@example.com", subject=f"Job {n}", text="x")
+
+    # When Prometheus scrapes Flower
+    metrics = _get(f"{flower}/metrics")
+
+    # Then our figures are there beside Flower's own
+    assert "emailq_redis_up 1.0" in metrics
+    assert 'emailq_queue_depth{queue="normal"} 2.0' in metrics
+    assert 'emailq_queue_depth{queue="dead_letter"} 0.0' in metrics
+    assert 'emailq_jobs_total{outcome="sent",reason=""}' in metrics
+    assert "emailq_relay_circuit_state{" in metrics

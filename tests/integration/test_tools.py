@@ -1,14 +1,11 @@
-"""The development tools around the pipeline: the sink, the demo, Flower, docker-compose."""
+"""The development tools around the pipeline: the sink and the demo (compose: test_compose.py)."""
 
 import os
-import shutil
 import smtplib
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
 
 from tests.support import free_port
 from tests.support.worker import ROOT
@@ -72,18 +69,3 @@ def test_demo_starts_a_private_redis_when_none_answers():
 
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "Started a private redis-server" in demo.stdout
-
-
-@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose is not installed")
-def test_docker_compose_file_is_valid_and_flower_needs_credentials():
-    env = {**os.environ, "FLOWER_BASIC_AUTH": "admin:pw"}
-    check = subprocess.run(
-        ["docker-compose", "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert check.returncode == 0, check.stderr
-
-    env.pop("FLOWER_BASIC_AUTH")
-    refused = subprocess.run(
-        ["docker-compose", "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert refused.returncode != 0 and "FLOWER_BASIC_AUTH" in refused.stderr

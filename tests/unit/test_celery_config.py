@@ -56,16 +56,26 @@ def test_celery_never_retries_on_its_own():
     assert app.tasks["emailq.send_many"].max_retries is None
 
 
-def test_beat_runs_the_monitoring_check_and_the_daily_report():
+def test_beat_runs_the_daily_report_and_leaves_monitoring_to_each_host():
     from celery.schedules import crontab
 
     app.loader.import_default_modules()
     schedule = app.conf.beat_schedule
-    assert schedule["check-system"]["task"] == "emailq.check_system"
-    assert schedule["check-system"]["schedule"] == 60.0
     assert schedule["daily-report"]["task"] == "emailq.send_report"
     assert schedule["daily-report"]["schedule"] == crontab(minute=0, hour=7)
-    assert {"emailq.check_system", "emailq.send_report"} <= set(app.tasks)
+    assert "emailq.send_report" in app.tasks
+    # a beat job runs on whichever worker takes it: hosts watch themselves instead
+    assert "check-system" not in schedule and "emailq.check_system" not in app.tasks
+
+
+def test_beat_prunes_the_tracking_store_daily_on_the_normal_queue():
+    from celery.schedules import crontab
+
+    app.loader.import_default_modules()
+    entry = app.conf.beat_schedule["prune-tracking"]
+    assert entry["task"] == "emailq.prune_tracking" and "emailq.prune_tracking" in app.tasks
+    assert entry["schedule"] == crontab(minute=30, hour=3)
+    assert app.conf.task_routes["emailq.prune_tracking"] == {"queue": "normal"}
 
 
 def test_publishing_reuses_one_redis_client_and_subscribes_to_no_result():

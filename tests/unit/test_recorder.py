@@ -103,3 +103,53 @@ def test_producer_events_from_redis_are_checked_before_they_are_stored(monkeypat
     assert rec.flush() is True
 
     assert [e["job_id"] for b in store.batches for e in b] == ["j1"]
+
+
+def test_an_outage_is_logged_once_as_harmless_and_its_end_once(monkeypatch, caplog):
+    # Given a database that is locked for three write attempts
+    monkeypatch.setattr(recorder_module, "FLUSH_INTERVAL_S", 3600)
+    store = Store(down=True)
+    rec = Recorder(store_factory=lambda: store)
+    rec.emit("sent", "job-0")
+
+    with caplog.at_level("INFO", logger=recorder_module.__name__):
+        for _ in range(3):
+            assert rec.flush() is False
+        # When it answers again
+        store.down = False
+        assert rec.flush() is True
+        assert rec.flush() is True
+
+    # Then one warning says the events are kept and nothing is lost, and one line says it ended
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        ("WARNING", "tracking store unavailable (database down); 1 events kept in memory and "
+                    "written on the next try (every 3600s): nothing is lost (up to 200000 are "
+                    "kept), and sending goes on"),
+        ("WARNING", "tracking store available again: writing the 1 events kept"),
+    ]  # fmt: skip
+
+
+def test_a_locked_sqlite_database_is_called_busy_without_the_sql(monkeypatch, caplog):
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    monkeypatch.setattr(recorder_module, "FLUSH_INTERVAL_S", 3600)
+    locked = OperationalError(
+        "INSERT INTO jobs ...", {}, sqlite3.OperationalError("database is locked")
+    )
+
+    class Locked(Store):
+        def apply(self, batch: list[dict]) -> None:
+            raise locked
+
+    store = Locked()
+    rec = Recorder(store_factory=lambda: store)
+    rec.emit("sent", "job-0")
+
+    assert rec.flush() is False
+
+    [record] = caplog.records
+    assert record.getMessage().startswith("tracking store busy (database is locked); 1 events kept")
+    assert "INSERT" not in record.getMessage()

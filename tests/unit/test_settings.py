@@ -297,6 +297,19 @@ def test_zero_or_negative_timeout_is_refused_naming_the_variable(monkeypatch, va
     assert variable in refusal()
 
 
+def test_tracking_retention_defaults_to_90_days_and_0_means_keep_for_ever(monkeypatch):
+    assert load().tracking_retention_days == 90
+    monkeypatch.setenv("TRACKING_RETENTION_DAYS", "0")
+    assert load().tracking_retention_days == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "ninety"])
+def test_a_negative_or_non_integer_retention_is_refused_naming_the_variable(monkeypatch, value):
+    monkeypatch.setenv("TRACKING_RETENTION_DAYS", value)
+    message = refusal()
+    assert "TRACKING_RETENTION_DAYS" in message and repr(value) in message
+
+
 # Secrets
 
 

@@ -9,6 +9,8 @@ import click
 
 from emailq.worker.cli.check import check
 from emailq.worker.cli.dlq import dlq
+from emailq.worker.cli.prune import prune
+from emailq.worker.cli.queues import queues
 from emailq.worker.cli.tracking import batch, failed, stats, status
 
 
@@ -48,5 +50,5 @@ def sink(host: str, port: int, outbox: Path | None) -> None:
         controller.stop()
 
 
-for command in (dlq, status, stats, failed, check, batch):
+for command in (dlq, status, stats, failed, check, batch, queues, prune):
     main.add_command(command)

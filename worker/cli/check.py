@@ -9,6 +9,7 @@ from kombu.utils.url import maybe_sanitize_url
 from rich.console import Console
 
 from emailq.config import Settings, load_settings
+from emailq.config.providers import preset
 from emailq.core.errors import ConfigurationError
 from emailq.worker.classify import classify
 
@@ -50,13 +51,32 @@ def _quarantine(settings: Settings) -> str:
     try:  # a record is JSON written by a worker; anyone with Redis access could change it
         record = json.loads(newest.decode("utf-8", "replace"))
         at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(record["at"])))
-        last = f"the newest at {at} from queue {str(record['queue'])[:40]}: "
-        last += str(record["error"])[:200]
+        last = f"the newest at {at} from {str(record['queue'])[:40]}: "
+        last += str(record["error"])[:80]
     except (ValueError, KeyError, TypeError, OverflowError):
         last = "the newest is not a record a worker wrote"
+    raise Notice(f"{count} malformed queue item(s) moved aside ({last}); see LRANGE {QUARANTINE}")
+
+
+def _preset(settings: Settings) -> str:
+    """SMTP_PROVIDER's host and port, or a notice that explicit variables override them."""
+    chosen = preset(str(settings.smtp_provider))
+    given = f"SMTP_PROVIDER={settings.smtp_provider}"
+    overrides = [
+        name for name, ours, theirs in (
+            ("SMTP_SERVER", settings.smtp_server, chosen.host),
+            ("SMTP_PORT", settings.smtp_port, chosen.port),
+            # an explicit port picks its own mode: only an explicit SMTP_SECURITY is named
+            ("SMTP_SECURITY", settings.smtp_security or chosen.security, chosen.security),
+        ) if ours != theirs
+    ]  # fmt: skip
+    if not overrides:
+        return f"{given}: {chosen.host}:{chosen.port} ({chosen.security})"
     raise Notice(
-        f"{count} malformed queue item(s) moved aside, {last}; read them with "
-        f"`redis-cli LRANGE {QUARANTINE} 0 -1`, delete them with `redis-cli DEL {QUARANTINE}`"
+        f"{given} sets {chosen.host}:{chosen.port} ({chosen.security}), but "
+        f"{'/'.join(overrides)} override{'s' if len(overrides) == 1 else ''} it with "
+        f"{settings.smtp_server}:{settings.smtp_port} ({settings.security}); unset "
+        f"{' and '.join(overrides)} to use the preset"
     )
 
 
@@ -101,8 +121,8 @@ def _database(settings: Settings) -> str:
     return f"{maybe_sanitize_url(settings.tracking_url)} (from {source})"
 
 
-def _reason(exc: Exception) -> str:
-    classified = classify(exc)
+def _reason(exc: Exception, *, smtp: bool) -> str:
+    classified = classify(exc) if smtp else None  # classify() words SMTP failures only
     return str(classified if classified is not None else exc) or type(exc).__name__
 
 
@@ -120,6 +140,8 @@ def check() -> None:
         ("smtp circuit", _circuit),
         ("tracking database", _database),
     ]  # fmt: skip
+    if settings.smtp_provider:
+        checks.insert(0, ("smtp preset", _preset))
     failures = 0
     for name, probe in checks:
         try:
@@ -128,7 +150,7 @@ def check() -> None:
             console.print(f"[yellow]![/] {name}: {notice}", highlight=False)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, none stops the list
             failures += 1
-            console.print(f"[red]✗[/] {name}: {_reason(exc)}", highlight=False)
+            console.print(f"[red]✗[/] {name}: {_reason(exc, smtp=probe is _smtp)}", highlight=False)
         else:
             console.print(f"[green]✓[/] {name}: {detail}", highlight=False)
     sys.exit(1 if failures else 0)
