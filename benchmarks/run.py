@@ -401,14 +401,21 @@ LIMITS = """## What limits it, and what was tried
   threads (it competes for the GIL), and its backlog grew with the run. A "sending" write
   that a later status in the same batch replaces is now skipped, and past a backlog of
   2,000 events the thread that emits writes a batch itself. That took the growth from
-  about 0.9 KB per job to 0.2–0.4 KB per job; it is not yet flat. A standalone run
-  levelled off near +6 MiB, the bench's run still shows about +20 MiB. The next step is
-  tracemalloc snapshots of a worker mid-run.
+  about 0.9 KB per job to 0.2–0.4 KB per job. A standalone run levelled off near
+  +6 MiB; earlier bench runs showed about +20 MiB, the latest +0 MiB at a higher level
+  (160 MiB from 10% of the run on). The next step is tracemalloc snapshots of a worker
+  mid-run.
 - **How far the misses are:** single jobs at 20 ms are about 5% short of 3× (CPU-bound
   like 0 ms, once PIPELINING halves the round trips); single jobs at 0 ms are about 30%
   short of 1.0× django-post_office.
-- **Enqueue:** `delay()` is one LPUSH after validation (no task-sent event, no result
-  subscription, one Redis client per broker channel). `enqueue_bulk` renders each
+- **Enqueue:** `delay()` is one round trip after validation: the LPUSH and the queue's
+  wake-up entry for idle workers, pipelined (no task-sent event, no result subscription,
+  one Redis client per broker channel). Measured alone, the pipeline costs about 15 µs
+  more than a bare LPUSH, about 1% of a `delay()`; the 1,644/s of the latest single run
+  against 1,905/s before is mostly this machine's noise.
+- **Fetch:** a worker takes a job and records it as unacknowledged in one Lua script
+  (`core/fetch.py`): one round trip where kombu's transport needed two (BRPOP, then the
+  `unacked` write), and no job lost between them. `enqueue_bulk` renders each
   recipient's template (Jinja2 templates load once, no file checks per message), checks
   each address's domain once per process, and publishes one task per 25 jobs.
 """
