@@ -36,8 +36,10 @@ faults: install
 demo: install
 	$(BIN)/python scripts/demo.py
 
+# One Celery worker process per core, threads in each, sharing SMTP_MAX_CONNECTIONS
+# (emailq.worker.supervisor): the layout benchmarks/RESULTS.md measures fastest.
 worker: install
-	$(BIN)/celery -A emailq.worker worker -Q high,normal --loglevel=INFO
+	$(BIN)/emailq worker -Q high,normal --loglevel=INFO
 
 flower: install
 	$(BIN)/celery -A emailq.worker flower

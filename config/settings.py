@@ -72,7 +72,9 @@ class Settings(BaseSettings):
     smtp_ca_file: Path | None = None
     smtp_timeout_s: float = 30.0  # per SMTP command; providers can take seconds to answer DATA
     smtp_helo_name: str | None = None
-    smtp_max_connections: int = 32  # per worker process; providers cap concurrent sessions
+    # Per host under `emailq worker` (split between its processes), per process for a plain
+    # `celery worker`; providers cap concurrent sessions.
+    smtp_max_connections: int = 32
     # Recipients per window for the SMTP account, across all workers: "10/second;500/day".
     # Unset: the provider preset's daily cap (Gmail 500/day), or no limit.
     smtp_rate_limit: str | None = None  # None: this host's name, without a DNS lookup

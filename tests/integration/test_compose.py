@@ -96,6 +96,11 @@ def test_every_service_running_our_image_gets_every_setting_from_dot_env(service
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "admin:pw"
 
 
+def test_the_worker_service_runs_the_supervisor_under_an_init(services):
+    assert command_of(services["worker"])[:2] == ["emailq", "worker"]
+    assert services["worker"].get("init") is True
+
+
 def test_compose_runs_exactly_one_beat(services):
     beats = [name for name, s in services.items() if command_of(s)[3:4] == ["beat"]]
     assert beats == ["beat"]
@@ -112,7 +117,12 @@ def test_every_service_has_a_health_check_and_celery_ones_ping_their_own_node(se
     # A worker or beat is healthy when its own node answers `celery inspect ping`
     for name in ("worker-high", "worker", "beat"):
         command = command_of(services[name])
-        node = command[command.index("-n") + 1]
+        # `emailq worker` names its processes worker1@%h, worker2@%h...
+        node = (
+            "worker1@%h"
+            if command[:2] == ["emailq", "worker"]
+            else command[command.index("-n") + 1]
+        )
         assert node.endswith("@%h"), name
         check = health_command(services[name])
         assert "inspect ping" in check, name

@@ -12,6 +12,7 @@ from emailq.worker.cli.dlq import dlq
 from emailq.worker.cli.prune import prune
 from emailq.worker.cli.queues import queues
 from emailq.worker.cli.tracking import batch, failed, stats, status
+from emailq.worker.cli.worker import worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,5 +51,5 @@ def sink(host: str, port: int, outbox: Path | None) -> None:
         controller.stop()
 
 
-for command in (dlq, status, stats, failed, check, batch, queues, prune):
+for command in (dlq, status, stats, failed, check, batch, queues, prune, worker):
     main.add_command(command)
