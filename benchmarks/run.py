@@ -1,7 +1,8 @@
 """`make bench`: throughput, latency and memory, as ratios against baselines in the same run.
 
 Starts its own redis-server and a delayable SMTP sink (benchmarks/sink.py), then measures:
-our worker (the real `celery -A emailq.worker worker` command and configuration) and the plain
+`make worker`'s own command (`emailq worker`), our worker in fixed layouts (the real
+`celery -A emailq.worker worker` command and configuration) and the plain
 Celery baseline (benchmarks/baseline.py: connect and log in per email, prefork -c 2).
 Writes benchmarks/RESULTS.md. `--smoke` runs tiny sizes to prove the harness works.
 """
@@ -83,6 +84,11 @@ class Bench:
         return self.start([PY, "-m", "celery", "-A", "emailq.worker", "worker", "-Q", "high,normal",
                            "-c", str(concurrency), "--loglevel=WARNING", "--without-gossip",
                            "--without-mingle"])  # fmt: skip
+
+    def make_worker(self) -> subprocess.Popen:
+        """`make worker`'s command, exactly: `emailq worker -Q high,normal --loglevel=INFO`."""
+        emailq = str(Path(PY).with_name("emailq"))
+        return self.start([emailq, "worker", "-Q", "high,normal", "--loglevel=INFO"])
 
     def baseline_worker(self) -> subprocess.Popen:
         return self.start([PY, "-m", "celery", "-A", "benchmarks.baseline", "worker", "-Q",
@@ -233,6 +239,9 @@ class Bench:
             r["enqueue_bulk_per_s"] = statistics.median(
                 [self._fresh(lambda: self.fill_bulk(s["enqueue"])) for _ in range(self.repeats)]
             )
+            r["drain0_make_worker"] = self.drain(
+                sink, self.fill_single, self.make_worker, s["drain0"]
+            )
             r["drain0_ours"] = self.drain(sink, self.fill_single, self.our_worker, s["drain0"])
             r["drain0_ours_2p"] = self.drain(sink, self.fill_single, self.two_workers, s["drain0"])
             r["drain0_ours_bulk"] = self.drain(sink, self.fill_bulk, self.our_worker, s["drain0"])
@@ -252,6 +261,9 @@ class Bench:
             sink.stop()
         sink = Sink(self.sink_port, 20)
         try:
+            r["drain20_make_worker"] = self.drain(
+                sink, self.fill_single, self.make_worker, s["drain20"]
+            )
             r["drain20_ours"] = self.drain(sink, self.fill_single, self.our_worker, s["drain20"])
             r["drain20_ours_2p"] = self.drain(
                 sink, self.fill_single, self.two_workers, s["drain20"]
@@ -320,6 +332,9 @@ def report(results: dict, sizes: dict, repeats: int, smoke: bool) -> str:
         "",
         "| sender | 0 ms per reply | 20 ms per reply |",
         "|---|---|---|",
+        f"| `make worker` as documented (`emailq worker`: a process per core × 16 threads, "
+        f"32 connections shared, INFO logs) | {r['drain0_make_worker']:.0f} | "
+        f"{r['drain20_make_worker']:.0f} |",
         f"| emailq worker, threads -c 32, ≤32 SMTP connections | {r['drain0_ours']:.0f} | "
         f"{r['drain20_ours']:.0f} |",
         f"| emailq, 2 worker processes × 16 threads, ≤32 connections in all | "

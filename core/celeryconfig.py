@@ -1,19 +1,19 @@
 """Celery settings, derived from the one settings object; both sides' apps load them."""
 
-from kombu import Queue
+from kombu import Queue as _Queue
 
-from emailq.config import get_settings
-from emailq.core.backends import result_backend_url
+from emailq.config import get_settings as _get_settings
+from emailq.core.backends import result_backend_url as _result_backend_url
 from emailq.core.store import CONNECT_TIMEOUT_S as _CONNECT_TIMEOUT_S
 from emailq.core.store import SOCKET_TIMEOUT_S as _SOCKET_TIMEOUT_S
 
-_settings = get_settings()
+_settings = _get_settings()
 
 broker_url = _settings.redis_url
 _sentinel = _settings.redis_url.startswith("sentinel://")
 # Celery's Redis classes minus two per-delay() costs (core/backends.py).
 broker_transport = "emailq.core.backends:" + ("SentinelTransport" if _sentinel else "Transport")
-result_backend = result_backend_url(_settings.redis_url)
+result_backend = _result_backend_url(_settings.redis_url)
 broker_connection_retry_on_startup = True
 
 # JSON only: a pickle payload from the broker could run code in the worker.
@@ -32,7 +32,7 @@ worker_prefetch_multiplier = 1
 # Strict priority: kombu's default "round_robin" rotates the queue list after
 # every fetch, so "-Q high,normal" would alternate. "priority" keeps the order, so
 # BRPOP always looks at `high` first.
-task_queues = (Queue("high", routing_key="high"), Queue("normal", routing_key="normal"))
+task_queues = (_Queue("high", routing_key="high"), _Queue("normal", routing_key="normal"))
 task_default_queue = "normal"
 task_create_missing_queues = False
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system binaries the project needs, each one that is missing:
-# redis-server (the suite and `make demo` start their own) and docker-compose (the suite
-# checks docker-compose.yml with `docker-compose config`).
+# redis-server (the suite and `make demo` start their own), docker-compose (the suite
+# checks docker-compose.yml with `docker-compose config`), and Chromium with its driver
+# (tests/integration/test_flower_browser.py drives Flower's pages in a headless browser).
 set -euo pipefail
 
 apt_packages=()   # Debian package names
@@ -14,6 +15,9 @@ need() {  # need BINARY APT_PACKAGE BREW_FORMULA
 }
 need redis-server redis-server redis
 need docker-compose docker-compose docker-compose
+# Homebrew ships both as casks; `brew install NAME` falls back to the cask of that name.
+need chromium chromium chromium
+need chromedriver chromium-driver chromedriver
 
 [ ${#apt_packages[@]} -eq 0 ] && exit 0
 if command -v apt-get >/dev/null 2>&1; then

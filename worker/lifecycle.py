@@ -57,6 +57,20 @@ def _refuse_to_start_unable_to_send(sender: Any = None, **_: Any) -> None:
         raise SystemExit(f"worker not started: {exc}") from None
 
 
+# Celery's two INFO lines per job ("received", "succeeded"), which cost a fast worker about a
+# tenth of its throughput (benchmarks/RESULTS.md). Flower and `emailq status` show every job;
+# failures, retries' causes and our own lines still log. `--loglevel=DEBUG` keeps them.
+PER_JOB_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
+@worker_init.connect
+def _quiet_per_job_lines(sender: Any = None, **_: Any) -> None:
+    if not _ours(sender) or getattr(sender, "loglevel", logging.INFO) <= logging.DEBUG:
+        return
+    for name in PER_JOB_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @task_failure.connect
 def _dead_letter(sender=None, task_id=None, exception=None, kwargs=None, einfo=None, **_):
     """Every failed job, in the task body or around it, ends as the one decision says."""

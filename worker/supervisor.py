@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 THREADS = 16  # per process: 2 × 16 measured fastest on 2 cores (benchmarks/RESULTS.md)
 RESTART_MIN_S, RESTART_MAX_S = 1.0, 30.0
 STABLE_S = 60.0  # a child that ran this long before dying restarts after the minimum pause
+# Gossip makes every worker read every other worker's events (task events are on for
+# Flower); mingle syncs revoked ids at start-up. Neither is used here, and gossip costs a
+# busy host a share of its CPU.
+QUIET = ("--without-gossip", "--without-mingle")
 
 
 def _die_with_parent() -> None:

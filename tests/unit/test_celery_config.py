@@ -89,3 +89,12 @@ def test_publishing_reuses_one_redis_client_and_subscribes_to_no_result():
     consumer = producer_app.backend.result_consumer
     subscribed = consumer._pubsub.channels if consumer._pubsub is not None else {}
     assert not any(result.id.encode() in name for name in subscribed)
+
+
+def test_the_config_module_holds_only_settings():
+    # Celery reads every public name in it: an imported class or function would show up in
+    # Flower's configuration tab as an "option"
+    from emailq.core import celeryconfig
+
+    public = {n: v for n, v in vars(celeryconfig).items() if not n.startswith("_")}
+    assert not [n for n, v in public.items() if callable(v) or isinstance(v, type)], public
