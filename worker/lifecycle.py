@@ -7,6 +7,7 @@ imports ``emailq.worker`` starts without our settings and runs none of this.
 import logging
 from typing import Any
 
+from celery.app import trace
 from celery.signals import (
     task_failure,
     task_retry,
@@ -58,17 +59,22 @@ def _refuse_to_start_unable_to_send(sender: Any = None, **_: Any) -> None:
 
 
 # Celery's two INFO lines per job ("received", "succeeded"), which cost a fast worker about a
-# tenth of its throughput (benchmarks/RESULTS.md). Flower and `emailq status` show every job;
-# failures, retries' causes and our own lines still log. `--loglevel=DEBUG` keeps them.
-PER_JOB_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+# tenth of its throughput (benchmarks/RESULTS.md). Flower and `emailq status` show every job,
+# and our own line says where it went; retries, deferrals and failures still log.
+# `--loglevel=DEBUG` keeps Celery's two.
+class _NoSuccessLine(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg is not trace.LOG_SUCCESS
 
 
 @worker_init.connect
 def _quiet_per_job_lines(sender: Any = None, **_: Any) -> None:
     if not _ours(sender) or getattr(sender, "loglevel", logging.INFO) <= logging.DEBUG:
         return
-    for name in PER_JOB_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)  # "received"
+    trace_logger = logging.getLogger(trace.__name__)
+    if not any(isinstance(f, _NoSuccessLine) for f in trace_logger.filters):
+        trace_logger.addFilter(_NoSuccessLine())
 
 
 @task_failure.connect

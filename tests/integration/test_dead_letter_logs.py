@@ -52,3 +52,24 @@ def test_each_expected_dead_letter_is_one_error_line_without_a_traceback(
     # And nothing was logged as a bug
     assert "Traceback" not in log
     assert "raised unexpected" not in log
+
+
+def test_a_sent_job_is_one_info_line_and_a_retry_still_logs(smtp_server, start_worker):
+    # Given a worker at INFO, and a server that defers one address once
+    worker = start_worker(smtp_server, **FAST_RETRIES)
+    smtp_server.handler.rcpt_replies["later@example.com"] = "451 4.3.0 Try later"
+
+    # When one job goes out at once and another is retried
+    sent = enqueue_email.delay(to="ann@example.com", subject="s", text="t")
+    sent.get(timeout=30)
+    retried = enqueue_email.delay(to="later@example.com", subject="s", text="t")
+    deadline = time.monotonic() + 30
+    while retried.id + "] retry" not in worker.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    # Then the sent job has our one line, not Celery's "received" and "succeeded" too
+    lines = [line for line in worker.log().splitlines() if sent.id in line]
+    assert len(lines) == 1 and "sent to 1 recipient(s)" in lines[0], lines
+    # and the retry is still logged, with its cause
+    assert "451 4.3.0 Try later" in worker.log()
+    assert retried.id + "] retry" in worker.log()
