@@ -423,11 +423,11 @@ LIMITS = """## What limits it, and what was tried
 - **How far the misses are:** single jobs at 20 ms are about 5% short of 3× (CPU-bound
   like 0 ms, once PIPELINING halves the round trips); single jobs at 0 ms are about 30%
   short of 1.0× django-post_office.
-- **Enqueue:** `delay()` is one round trip after validation: the LPUSH and the queue's
-  wake-up entry for idle workers, pipelined (no task-sent event, no result subscription,
-  one Redis client per broker channel). Measured alone, the pipeline costs about 15 µs
-  more than a bare LPUSH, about 1% of a `delay()`; the 1,644/s of the latest single run
-  against 1,905/s before is mostly this machine's noise.
+- **Enqueue:** `delay()` is one Redis command after validation: a Lua script pushes the
+  job and the queue's wake-up entry for idle workers (no task-sent event, no result
+  subscription, one Redis client per broker channel). A three-command pipeline in its
+  place cost about a fifth of `delay()`'s rate in redis-py's own work (1,243/s in one
+  run); the script costs about what a bare LPUSH did.
 - **Fetch:** a worker takes a job and records it as unacknowledged in one Lua script
   (`core/fetch.py`): one round trip where kombu's transport needed two (BRPOP, then the
   `unacked` write), and no job lost between them. `enqueue_bulk` renders each
