@@ -2,10 +2,8 @@
 
 import importlib
 import time
-import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
@@ -16,33 +14,18 @@ from emailq.worker.cli import main
 from emailq.worker.retention import count_stale, prune
 from emailq.worker.tracking import TrackingStore, attempts, engine_for, ensure_schema, jobs
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 DAY_S = 86400
 # The module, not the command of the same name that `emailq.worker.cli` exports.
 PRUNE_CLI = importlib.import_module("emailq.worker.cli.prune")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request, tmp_path) -> Iterator[Engine]:
-    """A fresh tracking store: a SQLite file, or a database of its own on PostgreSQL."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'tracking.sqlite3'}"
-        admin = name = None
-    else:
-        try:
-            admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-        except psycopg.OperationalError as exc:
-            pytest.skip(f"no PostgreSQL server reachable at 127.0.0.1:5432: {exc}")
-        name = f"emailq_{uuid.uuid4().hex[:12]}"
-        admin.execute(f'CREATE DATABASE "{name}"')
-        url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    created = engine_for(url)
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A fresh tracking store, on SQLite and on PostgreSQL (``database_url``)."""
+    created = engine_for(database_url)
     ensure_schema(created)
     yield created
     created.dispose()
-    if admin is not None:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def track(engine: Engine, job_id: str, *, created_days_ago: float, changed_days_ago: float) -> None:

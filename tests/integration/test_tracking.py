@@ -6,11 +6,8 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-import psycopg
-import pytest
 from sqlalchemy import text
 
 from emailq.producer import enqueue_email
@@ -18,23 +15,6 @@ from emailq.worker.tracking import engine_for, ensure_schema
 from tests.support.faults import FAST_RETRIES, dead_letters
 
 EMAILQ = str(Path(sys.executable).with_name("emailq"))
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'tracking.sqlite3'}"
-        return
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL server reachable at 127.0.0.1:5432: {exc}")
-    name = f"emailq_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.close()
 
 
 def emailq(env_url: str, redis_url: str, *args: str) -> subprocess.CompletedProcess:
