@@ -8,6 +8,10 @@ consumer that one malformed queue item cannot stop.
   published, and UNSUBSCRIBEs when the ``AsyncResult`` is collected: two round trips for
   results that are rarely awaited. ``AsyncResult.get()`` still subscribes when called, and
   then reads the stored result, so a job that finished before ``get()`` is still found.
+- Celery's backend reads a result before storing it (so a late failure cannot overwrite a
+  success), then stores it in a MULTI/EXEC transaction: two round trips per job. A
+  success has nothing to guard against (another success of the same job says the same),
+  so it is stored in one round trip: SETEX and PUBLISH, pipelined.
 - kombu takes a job off a queue and records it as unacknowledged in two round trips; a
   crash between them lost the job. These channels do both in one script
   (``emailq.core.fetch``).
@@ -25,12 +29,14 @@ import time
 from queue import Empty
 from typing import Any
 
+from celery import states
 from celery.backends import redis as celery_redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from redis import exceptions as redis_errors
+from redis.commands.core import Script
 
 from emailq.core.fetch import QUARANTINE_RAW_BYTES, AtomicFetch
 from emailq.core.keys import QUARANTINE
@@ -217,9 +223,29 @@ def _decode(item: bytes) -> Any:
         raise MalformedItem(f"not JSON: {type(exc).__name__}: {exc}") from exc
 
 
+# An acknowledgement: the job leaves the unacked index and hash in one script, where
+# kombu sends a MULTI/ZREM/HDEL/EXEC transaction (the same effect, more work per job).
+_ACK = """
+redis.call('zrem', KEYS[1], ARGV[1])
+redis.call('hdel', KEYS[2], ARGV[1])
+return 1
+"""
+
+
 class QoS(kombu_redis.QoS):
-    """kombu's acknowledgement emulation, minus the write the fetch script already made, and
-    a channel close that survives a broker gone away."""
+    """kombu's acknowledgement emulation, minus the write the fetch script already made, an
+    acknowledgement in one script, and a channel close that survives a broker gone away."""
+
+    _ack_script: Script | None = None
+
+    def ack(self, delivery_tag: str) -> None:
+        with self.channel.conn_or_acquire() as client:
+            if self._ack_script is None:
+                self._ack_script = client.register_script(_ACK)  # loads it again if Redis forgot
+            self._ack_script(
+                keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag], client=client
+            )
+        virtual.QoS.ack(self, delivery_tag)
 
     def restore_unacked(self, client: Any = None) -> None:
         # On close, kombu puts the jobs this channel took but did not finish back on their
@@ -265,11 +291,35 @@ class _SubscribeOnGet:
         """Nothing at publish time: ``get()`` subscribes when a caller waits."""
 
 
-class RedisBackend(_SubscribeOnGet, celery_redis.RedisBackend):
+class _StoreSuccessOnce:
+    def _store_result(self, task_id, result, state, traceback=None, request=None, **kwargs):  # noqa: ANN001, ANN202 - Celery's signature
+        if state != states.SUCCESS:  # may not overwrite a success: Celery's read-then-write
+            return super()._store_result(
+                task_id, result, state, traceback=traceback, request=request, **kwargs
+            )
+        meta = self._get_result_meta(result=result, state=state, traceback=None, request=request)
+        meta["task_id"] = bytes_to_str(task_id)
+        value = self.encode(meta)
+        if len(value) > self._MAX_STR_VALUE_SIZE:
+            raise celery_redis.BackendStoreError("value too large for Redis backend")
+        self.ensure(self._set_published, (self.get_key_for_task(task_id), value))
+        return result
+
+    def _set_published(self, key: bytes, value: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        if self.expires:
+            pipe.setex(key, self.expires, value)
+        else:
+            pipe.set(key, value)
+        pipe.publish(key, value)
+        pipe.execute()
+
+
+class RedisBackend(_SubscribeOnGet, _StoreSuccessOnce, celery_redis.RedisBackend):
     pass
 
 
-class SentinelBackend(_SubscribeOnGet, celery_redis.SentinelBackend):
+class SentinelBackend(_SubscribeOnGet, _StoreSuccessOnce, celery_redis.SentinelBackend):
     pass
 
 

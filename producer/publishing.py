@@ -163,10 +163,13 @@ def _confirm(job: EmailJob, job_id: str) -> None:
     not raised: raising would make the caller publish the email a second time.
     """
     try:
+        queued = [events.event("queued", job_id, job.tracking_info())]
+        if not job.idempotency_key:  # one command: no pipeline to build
+            events.push(store.producer_client(), queued)
+            return
         pipe = store.producer_client().pipeline(transaction=False)
-        if job.idempotency_key:
-            pipe.expire(IDEMPOTENCY + job.idempotency_key, int(get_settings().idempotency_window_s))
-        events.push(pipe, [events.event("queued", job_id, job.tracking_info())])
+        pipe.expire(IDEMPOTENCY + job.idempotency_key, int(get_settings().idempotency_window_s))
+        events.push(pipe, queued)
         pipe.execute()
     except (*_UNREACHABLE, redis.exceptions.RedisError) as exc:
         log.warning("job %s was queued, but its tracking event and idempotency window were "

@@ -26,7 +26,6 @@ from emailq.core.errors import (
 )
 from emailq.core.job import EmailJob
 from emailq.core.store import redis_client
-from emailq.worker import counters
 from emailq.worker.circuit import BASE_S, Circuit, account
 from emailq.worker.classify import classify, classify_reply
 from emailq.worker.ledger import JobState, Ledger
@@ -242,10 +241,9 @@ def record(
     track.emit("attempt", job_id, **outcome.attempt)
     if outcome.final is not None:  # sent, or partial
         track.emit(outcome.final, job_id, info, attempts=len(state.attempts) + 1)
-        counters.count(ledger.redis, outcome.final)
     ledger.record(
         job_id, state, delivered=list(outcome.delivered), failed=outcome.failed, token=token,
-        final=outcome.final, attempt=outcome.attempt,
+        final=outcome.final, attempt=outcome.attempt, count=outcome.final,
     )  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from emailq.core.keys import JOB
+from emailq.core.keys import COUNTERS, JOB
 from emailq.worker.locks import LOCK_TTL_S, Renewer
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,23 @@ if locked then
   return {1, redis.call('hgetall', KEYS[1]), 0}
 end
 return {0, redis.call('hgetall', KEYS[1]), redis.call('pttl', KEYS[2])}
+"""
+
+# An attempt's outcome in one round trip: the fields (ARGV[4] on, in pairs), the lock let go
+# if this worker still holds it (ARGV[1], '' for none), then the outcome counter (ARGV[3],
+# '' for none). The counter is a side note: a failure there never fails the record.
+_RECORD = """
+local n = #ARGV
+local i = 4
+while i <= n do
+  local j = math.min(i + 999, n)
+  redis.call('hset', KEYS[1], unpack(ARGV, i, j))
+  i = j + 1
+end
+if n >= 4 then redis.call('expire', KEYS[1], ARGV[2]) end
+if ARGV[1] ~= '' and redis.call('get', KEYS[2]) == ARGV[1] then redis.call('del', KEYS[2]) end
+if ARGV[3] ~= '' then redis.pcall('hincrby', KEYS[3], ARGV[3], 1) end
+return 1
 """
 
 _RELEASE = """
@@ -97,6 +114,7 @@ class Ledger:
         self.renewer = renewer
         self._begin = client.register_script(_BEGIN)
         self._release = client.register_script(_RELEASE)
+        self._record = client.register_script(_RECORD)
         self._unwritten: dict[str, list[Callable[[], Any]]] = {}
         self._writing = threading.Lock()  # one flush at a time: writes stay in order
         self._writer: threading.Thread | None = None
@@ -133,32 +151,31 @@ class Ledger:
         attempt: dict[str, Any] | None = None,
         final: str | None = None,
         token: str | None = None,
+        count: str | None = None,
     ) -> None:
-        """Write an attempt's outcome (and release the lock) in one round trip.
+        """Write an attempt's outcome, release the lock and count it, in one round trip.
 
+        ``count`` names the outcome counter (``emailq.worker.counters``) to add one to.
         Raises ``redis.RedisError`` if Redis is away; the outcome is then kept and
         written once it answers (``flush``).
         """
         key = PREFIX + job_id
-        mapping: dict[str, str] = {f"d:{r}": "1" for r in delivered}
+        fields: list[str] = []
+        for rcpt in delivered:
+            fields += (f"d:{rcpt}", "1")
         for rcpt, reply in (failed or {}).items():
-            mapping[f"f:{rcpt}"] = json.dumps(list(reply))
+            fields += (f"f:{rcpt}", json.dumps(list(reply)))
         if attempt is not None:
             state.attempts.append({"at": time.time(), **attempt})
-            mapping["attempts"] = json.dumps(state.attempts)
+            fields += ("attempts", json.dumps(state.attempts))
         if final is not None:
-            mapping["final"] = final
+            fields += ("final", final)
         state.delivered.update(delivered)
         state.failed.update(failed or {})
+        args = [token or "", STATE_TTL_S, count or "", *fields]
 
         def write() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            if mapping:
-                pipe.hset(key, mapping=mapping)
-                pipe.expire(key, STATE_TTL_S)
-            if token is not None:
-                self._release(keys=[key + ":lock"], args=[token], client=pipe)
-            pipe.execute()
+            self._record(keys=[key, key + ":lock", COUNTERS], args=args)
 
         try:
             if job_id in self._unwritten:  # earlier outcomes first, in order

@@ -98,6 +98,7 @@ class Supervisor:
                     "-n",
                     f"worker{i}@%h",
                     f"--loglevel={loglevel}",
+                    *QUIET,
                     *(extra or []),
                 ],
                 env,

@@ -62,6 +62,8 @@ def test_emailq_worker_runs_its_processes_restarts_a_dead_one_and_stops_warmly(
     for child in first:
         cmdline = " ".join(child.cmdline())
         assert "-P threads -c 2" in cmdline
+        # without gossip (every worker reading every other's task events) and mingle
+        assert "--without-gossip" in cmdline and "--without-mingle" in cmdline
         assert child.environ()["SMTP_MAX_CONNECTIONS"] == "4"
     names = sorted(c.cmdline()[c.cmdline().index("-n") + 1] for c in first)
     assert names == ["worker1@%h", "worker2@%h"]
