@@ -8,6 +8,7 @@ read and no idempotency key is claimed again.
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -158,8 +159,26 @@ def _redis_answers(within_s: float) -> bool:
             pause = min(pause * 2, 5.0)
 
 
-def _alerts_waiting() -> bool:
+class _Shared:
+    """One answer per ``every_s`` for all the threads of a process: a busy process asks
+    Redis once per interval, not once per thread."""
+
+    def __init__(self, ask: Callable[[], bool], every_s: float) -> None:
+        self.ask, self.every_s = ask, every_s
+        self._value, self._until = False, 0.0
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now >= self._until:  # two threads may both ask at the turn: harmless
+            self._value, self._until = self.ask(), now + self.every_s
+        return self._value
+
+
+def _high_queue_waiting() -> bool:
     return bool(redis_client().llen("high"))
+
+
+_alerts_waiting = _Shared(_high_queue_waiting, chunks.YIELD_CHECK_S)
 
 
 def _hand_off(job_id: str, payload: dict, decision: Decision, exc: Exception) -> None:
