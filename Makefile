@@ -48,6 +48,7 @@ beat: install
 	$(BIN)/celery -A emailq.worker beat --loglevel=INFO
 
 bench: install
+	@scripts/bench-deps.sh  # Postfix, for the run against a real MTA
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.run
 

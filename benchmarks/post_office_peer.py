@@ -1,9 +1,11 @@
 """django-post_office as a benchmark peer: queue N emails in SQLite, then `send_queued_mail`.
 
-    python -m benchmarks.post_office_peer fill N
+    python -m benchmarks.post_office_peer fill N [RECIPIENTS]
     python -m benchmarks.post_office_peer send
 
-Runs standalone (settings.configure); the database lives in BENCH_DIR. Django and
+Each email goes to RECIPIENTS addresses (default 1): one in To, the rest in Bcc.
+Runs standalone (settings.configure); the database lives in BENCH_DIR, the server is
+127.0.0.1:SMTP_PORT, and it logs in only when EMAIL_PASSWORD is set. Django and
 django-post_office come from the `bench` extra, never the service's own dependencies.
 """
 
@@ -22,9 +24,9 @@ def setup() -> None:
         TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates"}],
         EMAIL_BACKEND="post_office.EmailBackend",
         EMAIL_HOST="127.0.0.1",
-        EMAIL_PORT=int(os.environ["SINK_PORT"]),
+        EMAIL_PORT=int(os.environ["SMTP_PORT"]),
         EMAIL_HOST_USER="bench@example.com",
-        EMAIL_HOST_PASSWORD="password",
+        EMAIL_HOST_PASSWORD=os.environ.get("EMAIL_PASSWORD", ""),  # empty: no login
         POST_OFFICE={
             "BACKENDS": {"default": "django.core.mail.backends.smtp.EmailBackend"},
             "THREADS_PER_PROCESS": 16,  # 2 processes x 16 threads: 32 SMTP connections
@@ -46,9 +48,10 @@ def main() -> None:
         from post_office import mail
 
         call_command("migrate", verbosity=0)
-        count = int(sys.argv[2])
+        count, width = int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 1
         mail.send_many([
             {"sender": "bench@example.com", "recipients": [f"bulk{i}@example.com"],
+             "bcc": [f"wide{i}-{j}@example.com" for j in range(1, width)],
              "subject": f"Notification {i}", "message": f"Hello {i},\nyour account was renewed.\n"}
             for i in range(count)
         ])  # fmt: skip

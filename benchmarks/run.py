@@ -3,12 +3,15 @@
 Starts its own redis-server and a delayable SMTP sink (benchmarks/sink.py), then measures:
 `make worker`'s own command (`emailq worker`), our worker in fixed layouts (the real
 `celery -A emailq.worker worker` command and configuration) and the plain
-Celery baseline (benchmarks/baseline.py: connect and log in per email, prefork -c 2).
+Celery baseline (benchmarks/baseline.py: connect and log in per email, prefork -c 2),
+with django-post_office beside them; at 0, 20 and 100 ms per reply, with 1,000-recipient
+messages, and against a private Postfix (benchmarks/postfix.py) when it can start.
 Writes benchmarks/RESULTS.md. `--smoke` runs tiny sizes to prove the harness works.
 """
 
 import argparse
 import importlib.util
+import math
 import os
 import platform
 import shutil
@@ -24,8 +27,27 @@ from pathlib import Path
 import psutil
 import redis
 
+from benchmarks import capacity
+from benchmarks.postfix import Postfix
+from emailq.core.keys import COUNTERS  # the workers' outcome counts
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+POST_OFFICE = importlib.util.find_spec("post_office") is not None  # the `bench` extra
+
+
+def cpu_seconds(processes: list[subprocess.Popen]) -> float:
+    """User + system CPU of these processes and all their children, so far."""
+    total = 0.0
+    for process in processes:
+        try:
+            parent = psutil.Process(process.pid)
+            for p in [parent, *parent.children(recursive=True)]:
+                times = p.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
 def free_port() -> int:
@@ -126,6 +148,16 @@ class Bench:
             self.enqueue_bulk(template="welcome", recipients=recipients[chunk : chunk + 5000])
         return n / (time.perf_counter() - start)
 
+    def fill_wide(self, n: int) -> None:
+        """``n`` jobs, each one message to ``wide_recipients`` addresses: one To, the rest Bcc."""
+        width = self.sizes["wide_recipients"]
+        for i in range(n):
+            bcc = [f"wide{i}-{j}@example.com" for j in range(1, width)]
+            self.enqueue_email.delay(
+                to=f"bulk{i}@example.com", bcc=bcc, subject=f"Notification {i}",
+                text=f"Hello {i},\nyour account was renewed.\n",
+            )  # fmt: skip
+
     def fill_baseline(self, n: int) -> None:
         from benchmarks.baseline import send
 
@@ -137,8 +169,15 @@ class Bench:
         """Two processes of 16 threads: both cores, still 32 SMTP connections in all."""
         return [self.our_worker(concurrency=16), self.our_worker(concurrency=16)]
 
-    def drain(self, sink, fill, worker, n: int) -> float:
-        rates = []
+    def drain(
+        self, sink, fill, worker, n: int, *, per_recipient: bool = False, cpu: str | None = None
+    ) -> float:
+        """Messages/s (recipients/s with ``per_recipient``) at the sink, the queue filled first.
+
+        With ``cpu``, also the workers' CPU per message once they send (user + system time
+        of every worker process from the 10th message to the last), in results[cpu], in ms.
+        """
+        rates, cpus = [], []
         for _ in range(self.repeats):
             self.redis.flushall()
             fill(n)
@@ -146,29 +185,99 @@ class Bench:
             started = worker()
             processes = started if isinstance(started, list) else [started]
             try:
+                if cpu is not None:
+                    sink.wait_for(min(10, n), timeout=max(120, n / 5))
+                    done, before = sink.count.value, cpu_seconds(processes)
                 sink.wait_for(n, timeout=max(120, n / 5))
-                rates.append(sink.drain_rate())
+                if cpu is not None:
+                    cpus.append(1000 * (cpu_seconds(processes) - before) / max(1, n - done))
+                rates.append(sink.recipient_rate() if per_recipient else sink.drain_rate())
             finally:
                 for process in processes:
                     self.stop(process)
+        if cpus:
+            self.results[cpu] = statistics.median(cpus)
         return statistics.median(rates)
 
-    def post_office_drain(self, sink, n: int) -> float | None:
-        """django-post_office's `send_queued_mail --processes 2`, 16 threads each."""
-        if importlib.util.find_spec("post_office") is None:
+    def post_office_drain(self, sink, n: int, recipients: int = 1) -> float | None:
+        """django-post_office's `send_queued_mail --processes 2`, 16 threads each.
+
+        Messages/s at the sink; recipients/s when each message has more than one.
+        """
+        if not POST_OFFICE:
             return None  # the `bench` extra is not installed (the CI smoke run)
-        env = {**self.env, "BENCH_DIR": str(self.workdir)}
-        peer = [PY, "-m", "benchmarks.post_office_peer"]
         rates = []
         for _ in range(self.repeats):
-            (self.workdir / "po.sqlite3").unlink(missing_ok=True)
-            subprocess.run([*peer, "fill", str(n)], cwd=ROOT, env=env, check=True)
+            self.post_office_fill(n, recipients)
             sink.reset()
-            subprocess.run([*peer, "send"], cwd=ROOT, env=env, check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            if self.post_office_send().wait():
+                raise RuntimeError("send_queued_mail failed")
             sink.wait_for(n, timeout=60)
-            rates.append(sink.drain_rate())
+            rates.append(sink.recipient_rate() if recipients > 1 else sink.drain_rate())
         return statistics.median(rates)
+
+    def post_office_fill(self, n: int, recipients: int = 1) -> None:
+        """``n`` emails queued in a fresh post_office database."""
+        (self.workdir / "po.sqlite3").unlink(missing_ok=True)
+        env = {**self.env, "BENCH_DIR": str(self.workdir)}
+        subprocess.run([PY, "-m", "benchmarks.post_office_peer", "fill", str(n), str(recipients)],
+                       cwd=ROOT, env=env, check=True)  # fmt: skip
+
+    def post_office_send(self) -> subprocess.Popen:
+        """`send_queued_mail`, started; it exits once post_office's queue is empty."""
+        return subprocess.Popen(
+            [PY, "-m", "benchmarks.post_office_peer", "send"], cwd=ROOT,
+            env={**self.env, "BENCH_DIR": str(self.workdir)}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def postfix_drain(self, postfix: Postfix, n: int, worker=None) -> dict[str, float] | None:
+        """Messages/s to Postfix, start-up included; post_office's when no ``worker`` is given.
+
+        The clock runs from the sender's start until the workers' own "sent" count (COUNTERS,
+        added once Postfix answered 250 to the end of data) reaches ``n``, or until
+        `send_queued_mail` exits; Postfix's log must then show the ``n`` messages queued.
+        ``first_s``: when the log first showed one.
+        """
+        if worker is None and not POST_OFFICE:
+            return None
+        runs = []
+        for _ in range(self.repeats):
+            if worker is None:
+                self.post_office_fill(n)
+            else:
+                self.redis.flushall()
+                self.fill_single(n)
+            before, first = postfix.accepted(), None
+            start = time.perf_counter()
+            started = worker() if worker else self.post_office_send()
+            try:
+                while not self._finished(n, None if worker else started):
+                    if time.perf_counter() - start > max(120, n / 5):
+                        raise TimeoutError(f"not all {n} sent: {self.redis.hgetall(COUNTERS)}")
+                    if first is None and postfix.accepted() > before:
+                        first = time.perf_counter() - start
+                    time.sleep(0.02)
+                elapsed = time.perf_counter() - start
+            finally:
+                if worker is None:
+                    started.kill()  # nothing to do once it has exited
+                    started.wait()
+                else:
+                    for process in started if isinstance(started, list) else [started]:
+                        self.stop(process)
+            if worker is None and started.returncode:
+                raise RuntimeError("send_queued_mail failed")
+            postfix.wait_accepted(before + n)
+            first_s = first if first is not None else float("nan")
+            runs.append({"rate": n / elapsed, "first_s": first_s})
+        return {key: statistics.median(run[key] for run in runs) for key in ("rate", "first_s")}
+
+    def _finished(self, n: int, post_office: subprocess.Popen | None) -> bool:
+        """`send_queued_mail` has exited, or our workers have counted ``n`` sent."""
+        if post_office is not None:
+            return post_office.poll() is not None
+        return int(self.redis.hget(COUNTERS, "sent") or 0) >= n
 
     def end_to_end(self, sink, n: int) -> float:
         self.redis.flushall()
@@ -240,18 +349,25 @@ class Bench:
                 [self._fresh(lambda: self.fill_bulk(s["enqueue"])) for _ in range(self.repeats)]
             )
             r["drain0_make_worker"] = self.drain(
-                sink, self.fill_single, self.make_worker, s["drain0"]
+                sink, self.fill_single, self.make_worker, s["drain0"], cpu="cpu0_make_worker_ms"
             )
             r["drain0_ours"] = self.drain(sink, self.fill_single, self.our_worker, s["drain0"])
-            r["drain0_ours_2p"] = self.drain(sink, self.fill_single, self.two_workers, s["drain0"])
+            r["drain0_ours_2p"] = self.drain(
+                sink, self.fill_single, self.two_workers, s["drain0"], cpu="cpu0_ours_2p_ms"
+            )
             r["drain0_ours_bulk"] = self.drain(sink, self.fill_bulk, self.our_worker, s["drain0"])
             r["drain0_ours_bulk_2p"] = self.drain(
-                sink, self.fill_bulk, self.two_workers, s["drain0"]
+                sink, self.fill_bulk, self.two_workers, s["drain0"], cpu="cpu0_bulk_2p_ms"
             )
             r["drain0_baseline"] = self.drain(
-                sink, self.fill_baseline, self.baseline_worker, s["drain0_baseline"]
-            )
+                sink, self.fill_baseline, self.baseline_worker, s["drain0_baseline"],
+                cpu="cpu0_baseline_ms",
+            )  # fmt: skip
             r["drain0_post_office"] = self.post_office_drain(sink, s["drain0"])
+            r["wide0_make_worker"] = self.drain(
+                sink, self.fill_wide, self.make_worker, s["wide"], per_recipient=True
+            )
+            r["wide0_post_office"] = self.post_office_drain(sink, s["wide"], s["wide_recipients"])
             r["e2e0_ours"] = self.end_to_end(sink, s["drain0"])
             r["latency_p50_ms"], r["latency_p99_ms"] = self.priority_latency(
                 sink, s["backlog"], s["alerts"]
@@ -275,8 +391,46 @@ class Bench:
                 sink, self.fill_baseline, self.baseline_worker, s["drain20_baseline"]
             )
             r["drain20_post_office"] = self.post_office_drain(sink, s["drain20_post_office"])
+            r["wide20_make_worker"] = self.drain(
+                sink, self.fill_wide, self.make_worker, s["wide"], per_recipient=True
+            )
+            r["wide20_post_office"] = self.post_office_drain(sink, s["wide"], s["wide_recipients"])
         finally:
             sink.stop()
+        sink = Sink(self.sink_port, 100)
+        try:
+            r["drain100_make_worker"] = self.drain(
+                sink, self.fill_single, self.make_worker, s["drain100"]
+            )
+            r["drain100_make_worker_bulk"] = self.drain(
+                sink, self.fill_bulk, self.make_worker, s["drain100_bulk"]
+            )
+            r["drain100_post_office"] = self.post_office_drain(sink, s["drain100_post_office"])
+        finally:
+            sink.stop()
+        r["capacity"] = capacity.measure(self, Sink)  # starts a Sink of its own
+        self.run_postfix()
+
+    def run_postfix(self) -> None:
+        """Single jobs, and post_office emails, to a private Postfix; skipped if it cannot start."""
+        r, n = self.results, self.sizes["postfix"]
+        postfix = Postfix(free_port())
+        if not postfix.start():
+            r["postfix_skipped"] = postfix.error
+            print(f"Postfix run skipped: {postfix.error}", file=sys.stderr)
+            return
+        saved = self.env
+        # Postfix offers no AUTH: with EMAIL_PASSWORD set, the worker's login would fail
+        # (a ConfigurationError, deferred), so this run sends without logging in.
+        self.env = {**saved, "SMTP_PORT": str(postfix.port), "EMAIL_PASSWORD": ""}
+        try:
+            r["postfix_version"] = postfix.version()
+            r["postfix_make_worker"] = self.postfix_drain(postfix, n, self.make_worker)
+            r["postfix_ours_2p"] = self.postfix_drain(postfix, n, self.two_workers)
+            r["postfix_post_office"] = self.postfix_drain(postfix, n)
+        finally:
+            self.env = saved
+            postfix.stop()
 
     def _fresh(self, measure) -> float:
         self.redis.flushall()
@@ -291,10 +445,12 @@ class Bench:
 SIZES = {
     "full": {"enqueue": 5000, "drain0": 3000, "drain0_baseline": 1000, "drain20": 2000,
              "drain20_baseline": 150, "drain20_post_office": 1000, "backlog": 20000,
-             "alerts": 50, "rss": 50000},
+             "alerts": 50, "rss": 50000, "drain100": 1000, "drain100_bulk": 2000,
+             "drain100_post_office": 500, "wide": 32, "wide_recipients": 1000, "postfix": 2000},
     "smoke": {"enqueue": 50, "drain0": 40, "drain0_baseline": 20, "drain20": 20,
               "drain20_baseline": 5, "drain20_post_office": 20, "backlog": 300, "alerts": 5,
-              "rss": 200},
+              "rss": 200, "drain100": 10, "drain100_bulk": 20, "drain100_post_office": 10,
+              "wide": 2, "wide_recipients": 150, "postfix": 20},
 }  # fmt: skip
 
 
@@ -366,7 +522,12 @@ def report(results: dict, sizes: dict, repeats: int, smoke: bool) -> str:
         f"| worker peak RSS over {sizes['rss']} jobs | {rss['peak_mib']:.0f} MiB |",
         f"| RSS at 10–30% of the run / at 80–100% | {rss['at_10_30pct_mib']:.0f} MiB / "
         f"{rss['at_80_100pct_mib']:.0f} MiB |",
+        f"| worker CPU per message, 0 ms, single jobs: `make worker` / 2 × 16 threads | "
+        f"{_ms(r.get('cpu0_make_worker_ms'))} / {_ms(r.get('cpu0_ours_2p_ms'))} |",
+        f"| same, jobs from `enqueue_bulk`, 2 × 16 threads | {_ms(r.get('cpu0_bulk_2p_ms'))} |",
+        f"| same, plain Celery (connect + login per email) | {_ms(r.get('cpu0_baseline_ms'))} |",
         "",
+        *_new_sections(r, sizes),
         "## Against the targets",
         "",
         "Ratios use the best of our worker layouts, `make worker`'s included (all keep 32 SMTP",
@@ -379,6 +540,8 @@ def report(results: dict, sizes: dict, repeats: int, smoke: bool) -> str:
         *_targets(r),
         "",
         LIMITS,
+        "",
+        capacity.section(r["capacity"]),
     ]
     return "\n".join(lines)
 
@@ -388,6 +551,103 @@ POST_OFFICE_QUOTED = {"drain0": 568, "drain20": 114}
 
 def _fmt(rate: float | None) -> str:
     return f"{rate:.0f}" if rate else "not installed"
+
+
+def _new_sections(r: dict, sizes: dict) -> list[str]:
+    """100 ms per reply, 1,000-recipient messages, and Postfix."""
+    width, jobs, n = sizes["wide_recipients"], sizes["wide"], sizes["postfix"]
+    lines = [
+        "## At 100 ms per reply (a provider across an ocean; messages/s, queue filled first)",
+        "",
+        "| sender | messages/s |",
+        "|---|---|",
+        f"| `make worker`, single jobs | {r['drain100_make_worker']:.0f} |",
+        f"| `make worker`, jobs from `enqueue_bulk` | {r['drain100_make_worker_bulk']:.0f} |",
+        f"| django-post_office 3.x, send_queued_mail, 2 processes × 16 threads | "
+        f"{_fmt(r['drain100_post_office'])} |",
+        "",
+        LIMITS_100,
+        "",
+        f"## {width:,}-recipient messages (recipients/s, first RCPT TO to the last message taken)",
+        "",
+        f"{jobs} jobs, each one `enqueue_email.delay(to=one, bcc=[{width - 1:,} more])`; "
+        "post_office sends the",
+        "same message (`recipients=[one], bcc=[...]`).",
+        "",
+        "| sender | 0 ms per reply | 20 ms per reply |",
+        "|---|---|---|",
+        f"| `make worker` | {r['wide0_make_worker']:.0f} | {r['wide20_make_worker']:.0f} |",
+        f"| django-post_office 3.x, 2 processes × 16 threads | {_fmt(r['wide0_post_office'])} | "
+        f"{_fmt(r['wide20_post_office'])} |",
+        "",
+        LIMITS_WIDE,
+        "",
+    ]
+    if "postfix_skipped" in r:
+        return [*lines, "## Against a real MTA: Postfix", "",
+                f"Skipped: {r['postfix_skipped']}.", ""]  # fmt: skip
+    return [
+        *lines,
+        f"## Against a real MTA: Postfix {r['postfix_version']} (messages/s, start-up included)",
+        "",
+        POSTFIX_SETUP.format(n=n),
+        "",
+        "| sender | messages/s | first message accepted after |",
+        "|---|---|---|",
+        f"| `make worker` | {_postfix_row(r['postfix_make_worker'])} |",
+        f"| emailq, 2 worker processes × 16 threads | {_postfix_row(r['postfix_ours_2p'])} |",
+        f"| django-post_office 3.x, send_queued_mail, 2 processes × 16 threads | "
+        f"{_postfix_row(r['postfix_post_office'])} |",
+        "",
+        LIMITS_POSTFIX,
+        "",
+    ]
+
+
+def _postfix_row(run: dict[str, float] | None) -> str:
+    if not run:
+        return "not installed | -"
+    first = run["first_s"]
+    return f"{run['rate']:.0f} | " + ("-" if math.isnan(first) else f"{first:.1f} s")
+
+
+LIMITS_100 = """\
+What limits it: round trips. Pipelined, a message costs two (MAIL, RCPT and DATA in one
+write, then the end of data), and a new session every 25 messages adds the greeting,
+EHLO, AUTH and QUIT: 32 connections cap near 32 / (2.16 × 0.1 s) ≈ 150 msg/s, single
+and bulk jobs alike; below that, the cores. Django's SMTP backend waits for every reply,
+four round trips a message (≤ 80 msg/s on 32 connections), and post_office opens new
+sessions, and a new pool of processes, for every batch of 100."""
+
+LIMITS_WIDE = """\
+What limits it: round trips, one per recipient. Above 100 recipients
+(`MAX_PIPELINED_RECIPIENTS`, worker/sender.py) our sender goes step by step, as Django's
+smtplib always does, so at 20 ms a 1,000-recipient message holds its connection for
+20 s: about 1,600 recipients/s on 32 connections, for either. At 0 ms a round trip
+costs what scheduling both ends costs. With the cores busy, in two paired runs, our
+worker (in a session of its own, like every worker here) ran these jobs about half as
+fast as the same command in the bench's own session, where the sink and post_office
+run (Linux autogroup scheduling)."""
+
+POSTFIX_SETUP = """\
+A private Postfix instance (benchmarks/postfix.py: its own config, queue and data
+directories, smtpd on 127.0.0.1 only, every message to the discard transport, queue
+files on this machine's disk). {n} single jobs each. Ours: the clock runs from the
+worker's start until the workers' own "sent" count (added after Postfix's 250 to the
+end of data) reaches {n}; Postfix's log must then show {n} messages queued.
+post_office: `send_queued_mail` from its start to its exit. Postfix offers no AUTH, so
+these runs set no EMAIL_PASSWORD: with one set, the worker defers every job (a
+ConfigurationError, "the server offers no login") and sends nothing."""
+
+LIMITS_POSTFIX = """\
+What limits it: at this size, start-up weighs heavily (the last column). `make worker`
+starts a supervisor, which imports the CLI, before its two Celery processes; post_office's
+`send_queued_mail` is one short Django process (its emails, like our jobs, were queued
+before the clock started). After start-up, CPU, as at 0 ms per reply, with Postfix's
+processes on the same two cores: in one run they used 3.4 s of CPU for 2,000 messages,
+two worker processes × 16 threads 7.3 s, start-up included. Postfix takes 25 messages
+per session from us (our cap), pipelined, no AUTH, each written to its queue on disk
+before its 250."""
 
 
 LIMITS = """## What limits it, and what was tried
@@ -437,32 +697,50 @@ LIMITS = """## What limits it, and what was tried
 """
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
 def _best(r: dict, delay_ms: int) -> float:
     """The best single-job rate at ``delay_ms`` of `make worker`, 1 × 32 and 2 × 16 threads."""
     return max(r[f"drain{delay_ms}_{layout}"] for layout in ("make_worker", "ours", "ours_2p"))
 
 
 def _targets(r: dict) -> list[str]:
-    # The best of `make worker`, one process x 32 threads and two x 16: all keep 32 SMTP
-    # connections.
-    best20, best0 = _best(r, 20), _best(r, 0)
+    # Single jobs: `make worker` as documented, and at 0 ms also the best of it, one process
+    # x 32 threads and two x 16. Every layout keeps 32 SMTP connections.
+    best0 = _best(r, 0)
     bulk0 = max(r["drain0_ours_bulk"], r["drain0_ours_bulk_2p"])
     bulk20 = r["drain20_ours_bulk_2p"]
     po0, po20 = r["drain0_post_office"], r["drain20_post_office"]
     tag0 = "" if po0 else " (quoted)"
     tag20 = "" if po20 else " (quoted)"
     po0, po20 = po0 or POST_OFFICE_QUOTED["drain0"], po20 or POST_OFFICE_QUOTED["drain20"]
+    documented0, documented20 = r["drain0_make_worker"], r["drain20_make_worker"]
     rows = [
-        ("20 ms: ≥30× plain Celery", best20 / r["drain20_baseline"], 30, "×"),
-        (f"20 ms, single jobs: ≥3× django-post_office{tag20}", best20 / po20, 3, "×"),
+        ("20 ms, single jobs, `make worker` as documented: ≥40× plain Celery",
+         documented20 / r["drain20_baseline"], 40, "×"),
+        (f"20 ms, single jobs, `make worker` as documented: ≥4× django-post_office{tag20}",
+         documented20 / po20, 4, "×"),
+        (f"0 ms, single jobs, `make worker` as documented: ≥1.2× django-post_office{tag0}",
+         documented0 / po0, 1.2, "×"),
+        (f"0 ms, single jobs, best layout: ≥1.2× django-post_office{tag0}", best0 / po0, 1.2, "×"),
+        (f"0 ms, bulk jobs: ≥2× django-post_office{tag0}", bulk0 / po0, 2, "×"),
         (f"20 ms, bulk jobs: ≥3× django-post_office{tag20}", bulk20 / po20, 3, "×"),
-        (f"0 ms single jobs: ≥1.0× django-post_office{tag0}", best0 / po0, 1, "×"),
-        (f"0 ms bulk jobs: ≥1.5× django-post_office{tag0}", bulk0 / po0, 1.5, "×"),
+        ("stretch: 20 ms, bulk jobs ≥900 msg/s", bulk20, 900, " msg/s"),
         ("`enqueue_bulk` ≥5,000 recipients/s", r["enqueue_bulk_per_s"], 5000, "/s"),
         ("`enqueue_email.delay` ≥1,500/s", r["enqueue_delay_per_s"], 1500, "/s"),
     ]  # fmt: skip
+    po100 = r["drain100_post_office"]
+    for name, ours, goal in (
+        ("100 ms single jobs (`make worker`): ≥1.8× django-post_office", "", 1.8),
+        ("100 ms bulk jobs (`make worker`): ≥3× django-post_office", "_bulk", 3),
+    ):
+        rows.append((name, r[f"drain100_make_worker{ours}"] / po100 if po100 else None, goal, "×"))
     lines = [
         f"| {name} | {value:.1f}{unit} | {'yes' if value >= goal else 'no'} |"
+        if value is not None
+        else f"| {name} | not installed | - |"
         for name, value, goal, unit in rows
     ]
     p99 = r["latency_p99_ms"]
