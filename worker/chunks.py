@@ -19,8 +19,9 @@ from celery.utils import uuid
 from emailq.config import Settings
 from emailq.core.errors import InvalidEmail
 from emailq.core.job import EmailJob
-from emailq.worker.delivery import deliver, shared
+from emailq.worker.delivery import prepare, shared
 from emailq.worker.retry import Decision, decide
+from emailq.worker.stream import Stream
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +54,19 @@ def deliver_chunk(
     """Send the jobs in order; returns counts (sent, handed off, dead) and the jobs left.
 
     Jobs are left only when ``should_yield`` said so between two jobs (checked at most
-    every ``YIELD_CHECK_S``); the caller publishes them again as a new chunk.
+    every ``YIELD_CHECK_S``); the caller publishes them again as a new chunk. On a
+    server that offers PIPELINING, each job's envelope goes out with the previous job's
+    data (``emailq.worker.stream``); every job is still settled on its own, in order.
     """
     common = shared()
     counts = {"sent": 0, "handed_off": 0, "dead": 0}
-    checked = time.monotonic()
-    for index, item in enumerate(jobs):
-        if should_yield is not None and index and time.monotonic() - checked >= YIELD_CHECK_S:
-            checked = time.monotonic()
-            if should_yield():
-                return counts, jobs[index:]
-        if not _well_formed(item):  # from Redis: untrusted; settled alone, never stops the rest
-            error = InvalidEmail("malformed chunk item: expected {'id': str, 'job': object}")
-            dead_letter(uuid(), item, error, reason="invalid", traceback=None)
-            counts["dead"] += 1
-            continue
-        job_id, payload = item["id"], item["job"]
+
+    def settle(index: int, outcome: dict[str, Any] | Exception) -> None:
+        job_id, payload = jobs[index]["id"], jobs[index]["job"]
         try:
-            job = EmailJob.from_dict(payload)
-            result = deliver(
-                job, job_id=job_id, sender=common.sender, ledger=common.ledger,
-                settings=settings, limiter=common.limiter, circuit=common.circuit,
-            )  # fmt: skip
-            if result["status"] == "partial" and not result.get("duplicate"):
+            if isinstance(outcome, Exception):
+                raise outcome
+            if outcome["status"] == "partial" and not outcome.get("duplicate"):
                 bury_refused(job_id, payload)
             counts["sent"] += 1
         except Exception as exc:  # noqa: BLE001 - every outcome is settled by the one decision
@@ -92,6 +83,40 @@ def deliver_chunk(
             else:
                 hand_off(job_id, payload, decision, exc)
                 counts["handed_off"] += 1
+
+    stream = Stream(common.sender, settle)
+    checked = time.monotonic()
+    try:
+        for index, item in enumerate(jobs):
+            if should_yield is not None and index and time.monotonic() - checked >= YIELD_CHECK_S:
+                checked = time.monotonic()
+                if should_yield():
+                    stream.flush()
+                    return counts, jobs[index:]
+            if not _well_formed(item):  # from Redis: untrusted; settled alone, never stops the rest
+                stream.flush()
+                error = InvalidEmail("malformed chunk item: expected {'id': str, 'job': object}")
+                dead_letter(uuid(), item, error, reason="invalid", traceback=None)
+                counts["dead"] += 1
+                continue
+            try:
+                job = EmailJob.from_dict(item["job"])
+                ready = prepare(
+                    job, job_id=item["id"], ledger=common.ledger, settings=settings,
+                    limiter=common.limiter, circuit=common.circuit,
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - settled by the one decision, in order
+                stream.flush()
+                settle(index, exc)
+                continue
+            if isinstance(ready, dict):  # already sent
+                stream.flush()
+                settle(index, ready)
+                continue
+            stream.send(index, ready)
+        stream.flush()
+    finally:
+        stream.close()
     return counts, []
 
 

@@ -81,6 +81,51 @@ def deliver(
     ``JobBusy`` (another worker holds the job), ``RateLimited``, ``CircuitOpen`` or
     ``RelayUnavailable`` (the relay cannot be reached), ``JobExpired`` or ``WorkerLost``.
     """
+    ready = prepare(
+        job, job_id=job_id, ledger=ledger, settings=settings, limiter=limiter, circuit=circuit
+    )
+    if isinstance(ready, dict):
+        return ready  # already sent: nothing to do
+    return send_one(ready, sender)
+
+
+@dataclass(eq=False)
+class Ready:
+    """A job whose lock is held and whose bytes are built: ``finish`` records it or lets it go."""
+
+    job: EmailJob
+    job_id: str
+    token: str
+    state: JobState
+    pending: list[str]  # the recipients still to be sent the message
+    info: dict[str, Any]
+    message: bytes
+    ledger: Ledger
+    settings: Settings
+    circuit: Circuit | None
+
+    @property
+    def envelope_from(self) -> str:
+        return self.settings.sender.addr_spec
+
+    def release(self) -> None:
+        """Let the job go unrecorded: nothing of its message went out."""
+        self.ledger.release(self.job_id, self.token)
+
+
+def prepare(
+    job: EmailJob,
+    *,
+    job_id: str,
+    ledger: Ledger,
+    settings: Settings,
+    limiter: RateLimiter | None = None,
+    circuit: Circuit | None = None,
+) -> Ready | dict[str, Any]:
+    """Everything before the send: expiry, breaker, lock, who still needs it, the bytes.
+
+    Returns the report of a job already over (its lock let go), or raises as ``deliver``.
+    """
     from_ = settings.sender
     if job.queued_at is not None and time.time() - job.queued_at > settings.max_job_age_s:
         # Nothing waits for ever, not even a job deferred without spending its budget.
@@ -95,7 +140,7 @@ def deliver(
             f"job {job_id} is being delivered by another worker (its lock ends in "
             f"{state.locked_for_s:.1f} s unless renewed)", wait_s=state.locked_for_s,
         )  # fmt: skip
-    recorded = False
+    kept = False  # once true, the lock is the caller's (or the deferral released it)
     try:
         if state.final is not None:
             log.info("job %s already %s; skipping the duplicate delivery", job_id, state.final)
@@ -105,25 +150,53 @@ def deliver(
         pending = [r for r in job.recipients if r not in state.delivered and r not in state.failed]
         if limiter is not None and (wait := limiter.acquire(cost=len(pending))) is not None:
             ledger.defer(job_id, token)
-            recorded = True
+            kept = True
             raise RateLimited(wait)
         info = job.tracking_info()
         recorder().emit("sending", job_id, info, attempts=len(state.attempts))
         message = message_bytes(job, job_id=job_id, sender=from_)
-        try:
-            result = sender.send(message, sender=from_.addr_spec, recipients=pending)
-        except Exception as exc:
+        ready = Ready(job, job_id, token, state, pending, info, message, ledger, settings, circuit)
+        kept = True
+        return ready
+    finally:
+        if not kept:
+            ledger.release(job_id, token)
+
+
+def send_one(ready: Ready, sender: SMTPSender) -> dict[str, Any]:
+    """Send a prepared job in a transaction of its own, then judge and record it."""
+    try:
+        result = sender.send(ready.message, sender=ready.envelope_from, recipients=ready.pending)
+    except Exception as exc:
+        error = exc
+    except BaseException:
+        ready.release()
+        raise
+    else:
+        return finish(ready, result=result)
+    return finish(ready, error=error)
+
+
+def finish(
+    ready: Ready, *, result: SendResult | None = None, error: Exception | None = None
+) -> dict[str, Any]:
+    """Judge a send (its result, or the error it raised), record it, and report or raise."""
+    job, job_id, state, circuit = ready.job, ready.job_id, ready.state, ready.circuit
+    recorded = False
+    try:
+        if error is not None:
             attempts = len(state.attempts) + 1
-            outcome = judge_error(exc, pending, attempts=attempts, hidden=bcc_only(job))
+            outcome = judge_error(error, ready.pending, attempts=attempts, hidden=bcc_only(job))
             if outcome is None:
-                raise  # a bug: dead-lettered as crashed, with its traceback
-            if circuit is not None and relay_failure(exc, outcome.error):
+                raise error  # a bug: dead-lettered as crashed, with its traceback
+            if circuit is not None and relay_failure(error, outcome.error):
                 wait = circuit.failed()
                 relay = RelayUnavailable(str(outcome.error), wait_s=max(wait, BASE_S))
                 outcome = replace(outcome, error=relay)
-            if outcome.error is not exc:
-                outcome.error.__cause__ = exc  # type: ignore[union-attr]
+            if outcome.error is not error:
+                outcome.error.__cause__ = error  # type: ignore[union-attr]
         else:
+            assert result is not None
             if circuit is not None:
                 circuit.succeeded()
             outcome = judge_result(
@@ -135,15 +208,17 @@ def deliver(
                 job_id, len(result.accepted), len(result.refused), *result.reply,
             )  # fmt: skip
         recorded = True  # from here the ledger owns the write, even if Redis is away
-        record(outcome, job_id=job_id, state=state, ledger=ledger, token=token, info=info)
+        record(
+            outcome, job_id=job_id, state=state, ledger=ready.ledger, token=ready.token,
+            info=ready.info,
+        )  # fmt: skip
         if outcome.error is not None:
             raise outcome.error
-        return report(
-            job_id, from_.domain, state, job=job, status=outcome.final, sent_at=time.time()
-        )
+        domain = ready.settings.sender.domain
+        return report(job_id, domain, state, job=job, status=outcome.final, sent_at=time.time())
     finally:
         if not recorded:
-            ledger.release(job_id, token)
+            ready.release()
 
 
 def judge_result(

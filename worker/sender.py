@@ -99,6 +99,7 @@ class SMTPSender:
         # Connections counted against the cap: being opened, in use, idle or being closed,
         # so a session still saying QUIT keeps its slot until the server has let it go.
         self._open = 0
+        self._waiting = 0  # threads in _checkout: waiting, or about to take a connection
         self.opened = 0  # connections opened over the sender's life
 
     def connect(self) -> smtplib.SMTP:
@@ -153,11 +154,14 @@ class SMTPSender:
         cap = self._settings.smtp_max_connections
         while True:
             with self._available:
+                self._waiting += 1  # seen by streams holding a connection (``contended``)
                 try:
                     self._available.wait_for(lambda: self._idle or self._open < cap)
                 except BaseException:  # e.g. a time limit (gevent.Timeout) while waiting:
                     self._available.notify()  # pass on a wake-up this thread may have taken
                     raise
+                finally:
+                    self._waiting -= 1
                 if not self._idle:
                     self._open += 1  # the slot is taken before connecting, outside the lock
                     break
@@ -170,6 +174,23 @@ class SMTPSender:
         except BaseException:
             self._free_slot()
             raise
+
+    def lease(self) -> _Connection:
+        """A connection for one thread's exclusive use, until ``give_back`` or ``discard``."""
+        return self._checkout()
+
+    def give_back(self, conn: _Connection) -> None:
+        """Return a leased connection that is between transactions."""
+        self._checkin(conn)
+
+    def discard(self, conn: _Connection) -> None:
+        """Close a leased connection in an unknown state, without a word to the server."""
+        self._retire(conn, polite=False)
+
+    @property
+    def contended(self) -> bool:
+        """Another thread is asking for a connection."""
+        return self._waiting > 0
 
     def _checkin(self, conn: _Connection) -> None:
         conn.last_used = time.monotonic()
@@ -253,16 +274,31 @@ def _pipelined(conn: _Connection, data: bytes, sender: str, recipients: list[str
     error discards the connection.
     """
     smtp = conn.smtp
+    group = _envelope(sender, recipients)
+
+    def write_group() -> tuple[int, bytes]:
+        smtp.send(group)
+        return smtp.getreply()
+
+    accepted, refused = _envelope_replies(smtp, _mail_reply(conn, write_group), sender, recipients)
+    smtp.send(_dot_stuffed(data))
+    return _final_reply(smtp, accepted, refused)
+
+
+def _envelope(sender: str, recipients: list[str]) -> str:
+    """MAIL, one RCPT per recipient and DATA, as one pipelined group."""
     group = [f"mail FROM:{quoteaddr(sender)}", *(f"rcpt TO:{quoteaddr(r)}" for r in recipients)]
     group.append("data")
     if any("\r" in line or "\n" in line for line in group):
         raise ValueError("command and arguments contain prohibited newline characters")
+    return "".join(f"{line}\r\n" for line in group)
 
-    def write_group() -> tuple[int, bytes]:
-        smtp.send("".join(f"{line}\r\n" for line in group))
-        return smtp.getreply()
 
-    code, reply = _mail_reply(conn, write_group)
+def _envelope_replies(
+    smtp: smtplib.SMTP, mail: tuple[int, bytes], sender: str, recipients: list[str]
+) -> tuple[list[str], dict[str, tuple[int, str]]]:
+    """The replies to a pipelined group after MAIL's: raises unless DATA got its 354."""
+    code, reply = mail
     if code != 250:
         _drain(smtp, len(recipients) + 1)
         raise smtplib.SMTPSenderRefused(code, reply, sender)
@@ -274,10 +310,18 @@ def _pipelined(conn: _Connection, data: bytes, sender: str, recipients: list[str
         raise smtplib.SMTPRecipientsRefused({r: (c, t.encode()) for r, (c, t) in refused.items()})
     if code != 354:
         raise smtplib.SMTPDataError(code, reply)
-    smtp.send(_dot_stuffed(data))
+    return accepted, refused
+
+
+def _final_reply(
+    smtp: smtplib.SMTP, accepted: list[str], refused: dict[str, tuple[int, str]], *,
+    rset: bool = True,
+) -> SendResult:  # fmt: skip
+    """The reply to the end of a message's data. ``rset`` false: more commands are in flight."""
     code, reply = smtp.getreply()
     if code != 250:
-        smtp.rset()
+        if rset:
+            smtp.rset()
         raise smtplib.SMTPDataError(code, reply)
     return SendResult(tuple(accepted), refused, (code, reply.decode("utf-8", "replace")))
 

@@ -85,6 +85,10 @@ def test_a_chunk_whose_worker_is_killed_midway_resumes_without_resending(
     while not hung and time.monotonic() < deadline:
         time.sleep(0.05)
     assert hung and len(handler.messages) == 2
+    # The second job's reply is read after the third's envelope went out with its data.
+    while Ledger(session_redis.client()).state(batch.job_ids[1]).final is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     first.kill()
     # The dead worker's lock on that job would expire after lock_ttl_s; clear it now.
     session_redis.client().delete(f"emailq:job:{batch.job_ids[2]}:lock")

@@ -55,7 +55,9 @@ class RecordingHandler:
     - ``auth_failures``: how many logins to refuse with 535 first.
     Every RCPT and DATA command is logged in ``commands`` with its time and reply.
     EHLO advertises PIPELINING unless ``pipelining`` is false; ``pipelined`` holds, per
-    MAIL, the verbs of the commands that had already arrived behind it.
+    MAIL, the verbs of the commands that had already arrived behind it, and
+    ``behind_data``, per message, its session and the verbs that had arrived behind
+    its end of data (the next message's MAIL, RCPT and DATA when written with it).
     """
 
     def __init__(self) -> None:
@@ -73,6 +75,7 @@ class RecordingHandler:
         self.data_command_replies: list[str] = []
         self.pipelining = True
         self.pipelined: list[list[str]] = []
+        self.behind_data: list[tuple[int, list[str]]] = []
         self._changed = threading.Condition()
 
     def attempts(self, address: str, verb: str = "RCPT") -> list[tuple[float, str]]:
@@ -86,10 +89,7 @@ class RecordingHandler:
         return responses
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options) -> str:
-        waiting = bytes(server._reader._buffer).split(b"\r\n")[:-1]  # complete lines only
-        self.pipelined.append(
-            [line.split(b" ")[0].decode("ascii", "replace").upper() for line in waiting]
-        )
+        self.pipelined.append(_waiting(server))
         reply = _next(self.mail_replies)
         if reply:
             return reply
@@ -107,6 +107,7 @@ class RecordingHandler:
         return reply
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.behind_data.append((id(session), _waiting(server)))
         if self.data_delay_s:
             await asyncio.sleep(self.data_delay_s)
         first = envelope.rcpt_tos[0]
@@ -147,6 +148,12 @@ class RecordingHandler:
             if not self._changed.wait_for(lambda: len(self.messages) >= count, timeout):
                 raise TimeoutError(f"{len(self.messages)} of {count} messages after {timeout}s")
             return list(self.messages)
+
+
+def _waiting(server: SMTP) -> list[str]:
+    """The verbs of the complete command lines the server has received but not read yet."""
+    waiting = bytes(server._reader._buffer).split(b"\r\n")[:-1]
+    return [line.split(b" ")[0].decode("ascii", "replace").upper() for line in waiting]
 
 
 class _ScriptedSMTP(SMTP):
