@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks.sink import Sink
 from emailq.config import Settings
-from emailq.worker.sender import SMTPSender
+from emailq.worker.sender import MAX_PIPELINED_RECIPIENTS, SMTPSender
 from tests.integration.test_sender import make_message, make_settings, send
 from tests.support import free_port
 from tests.support.smtp import SMTPTestServer
@@ -104,6 +104,25 @@ def test_partly_refused_recipients_are_reported_and_the_rest_receive_it(start, p
     assert result.refused == {"bob@example.com": (550, "5.1.1 No such user")}
     [received] = server.handler.wait_for(1)
     assert received.rcpt_tos == ["ann@example.com", "cy@example.com"]
+
+
+@pytest.mark.parametrize("pipelining", MODES)
+def test_many_recipients_go_in_groups_of_rcpts_with_the_same_outcome(start, pipelining):
+    server, settings, sender = start(pipelining=pipelining)
+    recipients = [f"user{i}@example.com" for i in range(250)]
+    server.handler.rcpt_replies["user160@example.com"] = "550 5.1.1 No such user"
+
+    result, _ = send(sender, settings, to=recipients)
+
+    accepted = [r for r in recipients if r != "user160@example.com"]
+    assert result.accepted == tuple(accepted)
+    assert result.refused == {"user160@example.com": (550, "5.1.1 No such user")}
+    [received] = server.handler.wait_for(1)
+    assert received.rcpt_tos == accepted
+    # pipelined: a group's RCPTs arrive together (at most MAX_PIPELINED_RECIPIENTS of them);
+    # otherwise one at a time, a round trip each
+    behind = server.handler.most_behind_rcpt
+    assert (50 <= behind < MAX_PIPELINED_RECIPIENTS) if pipelining else behind == 0
 
 
 @pytest.mark.parametrize("pipelining", MODES)

@@ -76,6 +76,7 @@ class RecordingHandler:
         self.pipelining = True
         self.pipelined: list[list[str]] = []
         self.behind_data: list[tuple[int, list[str]]] = []
+        self.most_behind_rcpt = 0  # the most commands seen waiting behind one RCPT
         self._changed = threading.Condition()
 
     def attempts(self, address: str, verb: str = "RCPT") -> list[tuple[float, str]]:
@@ -98,6 +99,7 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
+        self.most_behind_rcpt = max(self.most_behind_rcpt, len(_waiting(server)))
         if self.rcpt_delay_s:
             await asyncio.sleep(self.rcpt_delay_s)
         reply = _next(self.rcpt_replies.get(address)) or "250 OK"
