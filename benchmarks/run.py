@@ -409,6 +409,9 @@ class Bench:
         finally:
             sink.stop()
         r["capacity"] = capacity.measure(self, Sink)  # starts a Sink of its own
+        from benchmarks import memory  # it imports this module: loaded here, not at the top
+
+        r["memory"] = memory.measure(self, Sink, s["memory"])  # a Sink of its own too
         self.run_postfix()
 
     def run_postfix(self) -> None:
@@ -446,11 +449,13 @@ SIZES = {
     "full": {"enqueue": 5000, "drain0": 3000, "drain0_baseline": 1000, "drain20": 2000,
              "drain20_baseline": 150, "drain20_post_office": 1000, "backlog": 20000,
              "alerts": 50, "rss": 50000, "drain100": 1000, "drain100_bulk": 2000,
-             "drain100_post_office": 500, "wide": 32, "wide_recipients": 1000, "postfix": 2000},
+             "drain100_post_office": 500, "wide": 32, "wide_recipients": 1000, "postfix": 2000,
+             "memory": 200_000},
     "smoke": {"enqueue": 50, "drain0": 40, "drain0_baseline": 20, "drain20": 20,
               "drain20_baseline": 5, "drain20_post_office": 20, "backlog": 300, "alerts": 5,
               "rss": 200, "drain100": 10, "drain100_bulk": 20, "drain100_post_office": 10,
-              "wide": 2, "wide_recipients": 150, "postfix": 20},
+              "wide": 2, "wide_recipients": 150, "postfix": 20,
+              "memory": 400},
 }  # fmt: skip
 
 
@@ -542,6 +547,8 @@ def report(results: dict, sizes: dict, repeats: int, smoke: bool) -> str:
         LIMITS,
         "",
         capacity.section(r["capacity"]),
+        "",
+        _memory_section(r["memory"]),
     ]
     return "\n".join(lines)
 
@@ -697,6 +704,12 @@ LIMITS = """## What limits it, and what was tried
 """
 
 
+def _memory_section(results: dict) -> str:
+    from benchmarks import memory
+
+    return memory.section(results)
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} ms"
 
@@ -760,7 +773,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     sizes = SIZES["smoke" if args.smoke else "full"]
-    repeats = args.repeats or (1 if args.smoke else 3)
+    repeats = args.repeats or 1  # a run of everything takes about 45 min; --repeats 3: medians
     bench = Bench(sizes, repeats)
     try:
         bench.run()

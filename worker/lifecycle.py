@@ -22,7 +22,7 @@ from celery.utils import uuid
 from emailq.config import get_settings
 from emailq.core.errors import ConfigurationError, InvalidEmail
 from emailq.core.store import redis_client
-from emailq.worker import deadletter
+from emailq.worker import deadletter, memtrace
 from emailq.worker.app import app
 from emailq.worker.delivery import close_shared_sender
 from emailq.worker.marker import Watch
@@ -48,6 +48,7 @@ def _ours(sender: Any) -> bool:
 def _refuse_to_start_unable_to_send(sender: Any = None, **_: Any) -> None:
     if not _ours(sender):
         return
+    memtrace.install()  # tracemalloc snapshots, only with EMAILQ_TRACEMALLOC_DIR set
     # Celery logs and swallows exceptions from signal handlers; SystemExit stops the worker.
     try:
         settings = get_settings()

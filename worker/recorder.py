@@ -79,7 +79,14 @@ class Recorder:
             )  # fmt: skip
 
     def drain(self) -> int:
-        """Move the producers' events from Redis into the queue; returns how many."""
+        """Move the producers' events from Redis into the store; returns how many.
+
+        A batch at a time: each full batch is written before the next is read, so a long
+        backlog in Redis (a large ``enqueue_bulk``, workers started after a fill) never
+        sits in this process's memory at once. The last, partial batch stays queued for
+        the next ``flush``. A write the database refuses stops the reading: the rest of
+        the events wait in Redis.
+        """
         if self._source is None:
             return 0
         moved = 0
@@ -92,7 +99,7 @@ class Recorder:
                     log.warning("tracking event refused (%s): %.200r", exc, item)
             self._append(parsed)
             moved += len(raw)
-            if len(raw) < BATCH:
+            if len(raw) < BATCH or not self.flush():
                 break
         return moved
 

@@ -78,7 +78,10 @@ class Supervisor:
         loglevel: str, extra: list[str] | None = None,
     ) -> None:  # fmt: skip
         self.share = max(1, connections // processes)
-        env = {**os.environ, "SMTP_MAX_CONNECTIONS": str(self.share)}
+        # Two glibc malloc arenas, not one per busy thread (up to 8 per core): with 16 threads
+        # their free lists fragment apart and RSS creeps up (benchmarks/RESULTS.md, memory).
+        # An operator's own MALLOC_ARENA_MAX wins.
+        env = {"MALLOC_ARENA_MAX": "2", **os.environ, "SMTP_MAX_CONNECTIONS": str(self.share)}
         self.children = [
             Child(
                 i,

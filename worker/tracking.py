@@ -100,6 +100,9 @@ class TrackingStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        # One statement per kind, built once: each build makes a new "excluded" alias of
+        # the table, with a proxy for every column, for every batch.
+        self._upserts: dict[str, Any] = {}
 
     def apply(self, events: list[dict[str, Any]]) -> None:
         """Write a batch of events in one transaction, a statement per kind."""
@@ -111,7 +114,10 @@ class TrackingStore:
                 if kind == "attempt":
                     conn.execute(attempts.insert(), [_attempt_row(e) for e in batch])
                 else:
-                    conn.execute(self._upsert(kind), [_job_row(e) for e in batch])
+                    stmt = self._upserts.get(kind)
+                    if stmt is None:
+                        stmt = self._upserts[kind] = self._upsert(kind)
+                    conn.execute(stmt, [_job_row(e) for e in batch])
 
     def _upsert(self, kind: str):
         stmt = self._insert(jobs)

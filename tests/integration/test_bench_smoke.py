@@ -16,7 +16,7 @@ def test_make_bench_harness_runs_every_measurement_at_smoke_size(tmp_path):
 
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     text = out.read_text()
-    figures = ("Drain rate", "end-to-end rate", "enqueue_bulk", "p99", "peak RSS",
+    figures = ("Drain rate", "end-to-end rate", "enqueue_bulk", "p99", "peak RSS", "Memory over",
                "CPU per message", "100 ms per reply", "1,000", "Postfix",
                "Redis capacity")  # fmt: skip
     for figure in figures:

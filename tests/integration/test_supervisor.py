@@ -65,6 +65,8 @@ def test_emailq_worker_runs_its_processes_restarts_a_dead_one_and_stops_warmly(
         # without gossip (every worker reading every other's task events) and mingle
         assert "--without-gossip" in cmdline and "--without-mingle" in cmdline
         assert child.environ()["SMTP_MAX_CONNECTIONS"] == "4"
+        # and two malloc arenas unless the operator says otherwise (flat RSS)
+        assert child.environ()["MALLOC_ARENA_MAX"] == os.environ.get("MALLOC_ARENA_MAX", "2")
     names = sorted(c.cmdline()[c.cmdline().index("-n") + 1] for c in first)
     assert names == ["worker1@%h", "worker2@%h"]
 

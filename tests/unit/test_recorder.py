@@ -153,3 +153,55 @@ def test_a_locked_sqlite_database_is_called_busy_without_the_sql(monkeypatch, ca
     [record] = caplog.records
     assert record.getMessage().startswith("tracking store busy (database is locked); 1 events kept")
     assert "INSERT" not in record.getMessage()
+
+
+def test_a_long_backlog_in_redis_is_written_a_batch_at_a_time(monkeypatch):
+    # Given three full batches and a few more of the producers' events waiting in Redis
+    import json
+
+    monkeypatch.setattr(recorder_module, "FLUSH_INTERVAL_S", 3600)
+    size = recorder_module.BATCH
+    left = [
+        json.dumps({"kind": "queued", "job_id": f"j{i}", "at": 1.0}).encode()
+        for i in range(3 * size + 7)
+    ]
+    store = Store()
+    held: list[int] = []  # events in memory each time the next batch is read
+
+    def source(count: int) -> list[bytes]:
+        held.append(len(rec._events))
+        taken = left[:count]
+        del left[:count]
+        return taken
+
+    rec = Recorder(store_factory=lambda: store, source=source)
+
+    # When they are drained
+    assert rec.drain() == 3 * size + 7
+
+    # Then each full batch was stored before the next was read; the rest waits for a flush
+    assert held == [0, 0, 0, 0]
+    assert [len(b) for b in store.batches] == [size, size, size]
+    assert rec.flush() is True
+    assert sum(len(b) for b in store.batches) == 3 * size + 7
+
+
+def test_a_refused_write_stops_the_draining_and_leaves_the_rest_in_redis(monkeypatch):
+    import json
+
+    monkeypatch.setattr(recorder_module, "FLUSH_INTERVAL_S", 3600)
+    size = recorder_module.BATCH
+    left = [
+        json.dumps({"kind": "queued", "job_id": f"j{i}", "at": 1.0}).encode()
+        for i in range(3 * size)
+    ]
+
+    def source(count: int) -> list[bytes]:
+        taken = left[:count]
+        del left[:count]
+        return taken
+
+    rec = Recorder(store_factory=lambda: Store(down=True), source=source)
+
+    assert rec.drain() == size
+    assert len(left) == 2 * size  # not read while the database refuses
