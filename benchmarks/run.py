@@ -535,8 +535,8 @@ def report(results: dict, sizes: dict, repeats: int, smoke: bool) -> str:
         *_new_sections(r, sizes),
         "## Against the targets",
         "",
-        "Ratios use the best of our worker layouts, `make worker`'s included (all keep 32 SMTP",
-        "connections).",
+        "Single jobs at 20 ms and 100 ms are measured as users run them, through `make worker`'s",
+        "own command; at 0 ms also the best fixed layout. Every layout keeps 32 SMTP connections.",
         "django-post_office ratios use its figure from this run; without the `bench` extra",
         "they fall back to the figures quoted for this machine (568 and 114 msg/s), marked.",
         "",
@@ -659,48 +659,58 @@ before its 250."""
 
 LIMITS = """## What limits it, and what was tried
 
-- **0 ms per reply, single jobs: Celery's per-task work.** Profiled with py-spy (`--gil`),
-  about two thirds of a worker's CPU per single job is Celery's own: fetching, three
-  task events for Flower, the result write and the ack; the rest is the ledger's two
-  round trips, the SMTP commands and tracking. Done: no STARTED result write, no task-sent
-  event, message bytes written without `EmailMessage` for the common shape (byte for
-  byte the same; `worker/wire.py`), and two worker processes of 16 threads. Tried and
-  dropped: Celery's gevent pool (slower here than threads). What is left would mean
-  leaving Celery's one-message-per-job model for single jobs, or turning off the task
-  events Flower shows.
-- **0 ms per reply, bulk jobs:** `enqueue_bulk` sends 25 jobs per task, so Celery's cost
-  is shared; each job still takes its own ledger lock and record (no email sent twice
-  after a crash) and its own tracking events.
-- **20 ms per reply: round trips.** Step by step, MAIL, RCPT, DATA and the end of data
-  are four round trips per message, capping 32 connections near 400 msg/s. With ESMTP
-  PIPELINING (RFC 2920), used whenever the server offers it, MAIL, RCPT and DATA go in
-  one write: two round trips per message. The sink models latency (each reply leaves
-  N ms after its command arrived), so a client that waits for every reply pays N ms per
-  command and a pipelining one pays it once per group.
+- **0 ms per reply, single jobs: Celery's per-task work.** Profiled with py-spy (`--gil`,
+  one worker process × 16 threads, 3,000 jobs), a single job's CPU went, before this
+  round: about a fifth to publishing task events (one PUBLISH per turn of Celery's
+  event loop, for every one or two events), a tenth to the result (a GET, then a
+  MULTI/SETEX/PUBLISH/EXEC transaction), a tenth to the ack (another MULTI/EXEC), a
+  tenth to the ledger's record (a pipeline that also sent SCRIPT EXISTS each time, and a
+  separate counter HINCRBY); the rest to fetching, Celery's request and pool machinery,
+  the SMTP commands and tracking. Done: task events published in batches every 0.1 s
+  (`worker/consumer.py`; 180 events in 14 publishes instead of 128 in a test), a success
+  stored in one round trip without the read first (`core/backends.py`), the ack and the
+  ledger record (with the lock release and the outcome counter) one script each. The
+  worker now sends Redis about 7 commands per single job where it sent about 18
+  (tests/integration/test_round_trips.py counts them). Measured with the same harness
+  (`psutil` CPU time of the worker process from the 200th to the 3,000th job), the CPU
+  per single job went from 3.4 ms to about 2.6 ms on this machine while it was shared:
+  about a quarter less, not half. What is left is mostly Celery's own per-message work
+  (its Request, tracer, pool hand-off and three task events per job) and redis-py's per
+  command cost; halving it would mean leaving Celery's one-message-per-job model for
+  single jobs, or turning off the task events Flower shows.
+- **Bulk jobs:** `enqueue_bulk` sends 25 jobs per task, so Celery's cost is shared. A
+  chunk's thread keeps one connection and pipelines across messages (RFC 2920 3.1): one
+  message's end of data and the next one's MAIL, RCPT and DATA in one write, one round
+  trip per message instead of two (`worker/stream.py`). Each job still takes its own
+  ledger lock and record (no email sent twice after a crash) and its own tracking events,
+  which is now most of a bulk job's CPU.
+- **20 ms per reply: round trips, then CPU.** Step by step, MAIL, RCPT, DATA and the end of
+  data are four round trips per message, capping 32 connections near 400 msg/s. With ESMTP
+  PIPELINING, used whenever the server offers it, MAIL, RCPT and DATA go in one write: two
+  round trips per message (800 msg/s on 32 connections), one for bulk chunks. Below those
+  ceilings the two cores are the limit, as at 0 ms. The sink models latency (each reply
+  leaves N ms after its command arrived), so a client that waits for every reply pays N ms
+  per command and a pipelining one pays it once per group.
 - **20 ms, against plain Celery:** the baseline drains only 150 messages at about 10 msg/s,
-  so one message more or less per second moves the ratio by 10%; it has landed on both
-  sides of 30× in runs of the same sending code.
-- **Memory:** at full speed the tracking writer thread could fall behind 32 busy sender
-  threads (it competes for the GIL), and its backlog grew with the run. A "sending" write
-  that a later status in the same batch replaces is now skipped, and past a backlog of
-  2,000 events the thread that emits writes a batch itself. That took the growth from
-  about 0.9 KB per job to 0.2–0.4 KB per job. A standalone run levelled off near
-  +6 MiB; earlier bench runs showed about +20 MiB, the latest +0 MiB at a higher level
-  (160 MiB from 10% of the run on). The next step is tracemalloc snapshots of a worker
-  mid-run.
-- **How far the misses are:** single jobs at 20 ms are about 5% short of 3× (CPU-bound
-  like 0 ms, once PIPELINING halves the round trips); single jobs at 0 ms are about 30%
-  short of 1.0× django-post_office.
-- **Enqueue:** `delay()` is one Redis command after validation: a Lua script pushes the
-  job and the queue's wake-up entry for idle workers (no task-sent event, no result
-  subscription, one Redis client per broker channel). A three-command pipeline in its
-  place cost about a fifth of `delay()`'s rate in redis-py's own work (1,243/s in one
-  run); the script costs about what a bare LPUSH did.
+  so one message more or less per second moves the ratio by 10%.
+- **Many recipients:** above 100 recipients a message's RCPTs go in pipelined groups of
+  100 (RFC 2920 warns against groups larger than both ends buffer): ten round trips for
+  1,000 recipients where each used to take one.
+- **Memory:** see "Memory over 200,000 jobs" below. Two causes were found and fixed: at
+  start-up the tracking writer read every "queued" event waiting in Redis (200,000 here)
+  into memory before writing any, a 40 MiB peak that malloc kept; it now writes each
+  batch of 2,000 before reading the next. And with 16 threads, glibc's per-thread malloc
+  arenas fragmented apart (tracemalloc saw nothing growing while malloc's free-but-kept
+  memory rose): `emailq worker` starts its processes with `MALLOC_ARENA_MAX=2` (the
+  Dockerfile sets it too). Together: about 110 MiB per process, flat, where processes sat
+  at 197–235 MiB before. What tracemalloc still sees grow is Celery's set of the last
+  1,000 successful task ids, which stops at its cap.
+- **Enqueue:** `delay()` is one Redis command after validation (a Lua script pushes the
+  job and the queue's wake-up entry for idle workers), plus the "queued" tracking event:
+  one RPUSH, or a pipeline with the idempotency key's window when there is one.
 - **Fetch:** a worker takes a job and records it as unacknowledged in one Lua script
-  (`core/fetch.py`): one round trip where kombu's transport needed two (BRPOP, then the
-  `unacked` write), and no job lost between them. `enqueue_bulk` renders each
-  recipient's template (Jinja2 templates load once, no file checks per message), checks
-  each address's domain once per process, and publishes one task per 25 jobs.
+  (`core/fetch.py`). `enqueue_bulk` renders each recipient's template once, checks each
+  address's domain once per process, and publishes one task per 25 jobs.
 """
 
 
