@@ -12,6 +12,7 @@ import pytest
 from emailq.core.errors import TransientError
 from emailq.core.validation import validate_job
 from emailq.producer import enqueue_bulk
+from emailq.worker import recorder as recorder_module
 from emailq.worker.delivery import Ready, prepare
 from emailq.worker.ledger import JobState, Ledger
 from emailq.worker.sender import SMTPSender
@@ -124,9 +125,18 @@ def test_a_server_without_pipelining_gets_each_message_on_its_own(
 # --- The stream in this process: what happens to the job whose envelope is in flight ------
 
 
+class _NoStore:
+    def apply(self, events: list) -> None:
+        """Tracking events of these in-process tests go nowhere."""
+
+
 @pytest.fixture
-def stream_parts(smtp_server, ca_file, session_redis):
+def stream_parts(smtp_server, ca_file, session_redis, monkeypatch):
     """The server, a sender to it, a ledger, and ``ready(address)``: a prepared job."""
+    # This process's tracking recorder must not read the session Redis's "queued" events
+    # for the rest of the run: other tests wait for those events there.
+    track = recorder_module.Recorder(store_factory=_NoStore, source=None)
+    monkeypatch.setattr(recorder_module, "_recorder", track)
     settings = make_settings(smtp_server, ca_file=ca_file)
     sender = SMTPSender(settings)
     ledger = Ledger(session_redis.client())
@@ -139,6 +149,7 @@ def stream_parts(smtp_server, ca_file, session_redis):
 
     yield smtp_server, sender, ledger, ready
     sender.close()
+    track.close()
 
 
 def test_a_job_whose_envelope_was_written_but_not_its_data_is_let_go_when_the_chunk_stops(
