@@ -296,8 +296,14 @@ class Settings(BaseSettings):
         raw = self.email_from or self.email_address
         if not raw:
             raise ConfigurationError("EMAIL_FROM or EMAIL_ADDRESS must be set to send email")
-        name, addr = parseaddr(raw)
-        return Address(display_name=name, addr_spec=addr)
+        return _address(raw)
+
+
+@cache
+def _address(raw: str) -> Address:
+    # Parsed once per text: a worker asks for the From address several times per job.
+    name, addr = parseaddr(raw)
+    return Address(display_name=name, addr_spec=addr)
 
 
 def _describe(error: dict[str, Any]) -> str:

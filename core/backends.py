@@ -12,6 +12,10 @@ consumer that one malformed queue item cannot stop.
   success), then stores it in a MULTI/EXEC transaction: two round trips per job. A
   success has nothing to guard against (another success of the same job says the same),
   so it is stored in one round trip: SETEX and PUBLISH, pipelined.
+- A job that ends with everyone sent has its result stored and its acknowledgement made
+  by the worker's ledger record, in the same Redis script (``emailq.worker.completion``):
+  the backend and the QoS skip their own writes for the task ids and delivery tags
+  handed to ``skip_store`` and ``skip_ack``.
 - kombu takes a job off a queue and records it as unacknowledged in two round trips; a
   crash between them lost the job. These channels do both in one script
   (``emailq.core.fetch``).
@@ -26,6 +30,8 @@ consumer that one malformed queue item cannot stop.
 import json
 import logging
 import time
+from datetime import datetime
+from functools import cached_property
 from queue import Empty
 from typing import Any
 
@@ -42,6 +48,11 @@ from emailq.core.fetch import QUARANTINE_RAW_BYTES, AtomicFetch
 from emailq.core.keys import QUARANTINE
 
 log = logging.getLogger(__name__)
+
+# Task ids whose result, and delivery tags whose acknowledgement, another write already made
+# (the ledger record of a sent job); each is taken out when Celery comes to write it.
+_STORED: set[str] = set()
+_ACKED: set[str] = set()
 
 _LOG_EXCERPT_BYTES = 48  # of an item shown in the log: its repr stays under 200 chars
 _ERROR_CHARS = 200  # kombu's JSON errors can quote the whole object
@@ -232,6 +243,16 @@ return 1
 """
 
 
+def skip_store(task_id: str) -> None:
+    """The result of ``task_id`` is stored: the backend skips its own write of the success."""
+    _STORED.add(task_id)
+
+
+def skip_ack(delivery_tag: str) -> None:
+    """The job under ``delivery_tag`` left ``unacked``: the QoS only forgets it in memory."""
+    _ACKED.add(delivery_tag)
+
+
 class QoS(kombu_redis.QoS):
     """kombu's acknowledgement emulation, minus the write the fetch script already made, an
     acknowledgement in one script, and a channel close that survives a broker gone away."""
@@ -239,6 +260,10 @@ class QoS(kombu_redis.QoS):
     _ack_script: Script | None = None
 
     def ack(self, delivery_tag: str) -> None:
+        if delivery_tag in _ACKED:
+            _ACKED.discard(delivery_tag)
+            virtual.QoS.ack(self, delivery_tag)
+            return
         with self.channel.conn_or_acquire() as client:
             if self._ack_script is None:
                 self._ack_script = client.register_script(_ACK)  # loads it again if Redis forgot
@@ -291,19 +316,42 @@ class _SubscribeOnGet:
         """Nothing at publish time: ``get()`` subscribes when a caller waits."""
 
 
-class _StoreSuccessOnce:
+class StoreSuccessOnce:
+    @cached_property
+    def _extended(self) -> bool:
+        return bool(self.app.conf.find_value_for_key("extended", "result"))  # type: ignore[attr-defined]
+
     def _store_result(self, task_id, result, state, traceback=None, request=None, **kwargs):  # noqa: ANN001, ANN202 - Celery's signature
         if state != states.SUCCESS:  # may not overwrite a success: Celery's read-then-write
             return super()._store_result(
                 task_id, result, state, traceback=traceback, request=request, **kwargs
             )
-        meta = self._get_result_meta(result=result, state=state, traceback=None, request=request)
+        if task_id in _STORED:
+            _STORED.discard(task_id)
+            return result
+        self.ensure(self._set_published, self.success_write(task_id, result, request))
+        return result
+
+    def success_write(self, task_id: str, result: Any, request: Any) -> tuple[bytes, str]:
+        """The key and the value Celery stores for a success (``result`` already encoded)."""
+        if self._extended:
+            meta = self._get_result_meta(result=result, state=states.SUCCESS, traceback=None,
+                                         request=request)  # fmt: skip
+        else:  # Celery's meta, without its per-call configuration look-ups
+            meta = {
+                "status": states.SUCCESS, "result": result, "traceback": None,
+                "children": [r.as_tuple() for r in getattr(request, "children", None) or ()]
+                if request else None,
+                "date_done": datetime.now(self.app.timezone).isoformat(),  # type: ignore[attr-defined]
+            }  # fmt: skip
+            for name in ("group", "parent_id"):
+                if request is not None and getattr(request, name, None):
+                    meta["group_id" if name == "group" else name] = getattr(request, name)
         meta["task_id"] = bytes_to_str(task_id)
         value = self.encode(meta)
         if len(value) > self._MAX_STR_VALUE_SIZE:
             raise celery_redis.BackendStoreError("value too large for Redis backend")
-        self.ensure(self._set_published, (self.get_key_for_task(task_id), value))
-        return result
+        return self.get_key_for_task(task_id), value
 
     def _set_published(self, key: bytes, value: str) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -315,11 +363,11 @@ class _StoreSuccessOnce:
         pipe.execute()
 
 
-class RedisBackend(_SubscribeOnGet, _StoreSuccessOnce, celery_redis.RedisBackend):
+class RedisBackend(_SubscribeOnGet, StoreSuccessOnce, celery_redis.RedisBackend):
     pass
 
 
-class SentinelBackend(_SubscribeOnGet, _StoreSuccessOnce, celery_redis.SentinelBackend):
+class SentinelBackend(_SubscribeOnGet, StoreSuccessOnce, celery_redis.SentinelBackend):
     pass
 
 

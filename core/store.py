@@ -7,12 +7,15 @@ closing the connection (a failover, a firewall or NAT dropping it) hangs the cal
 the kernel's TCP retransmission time, about 15 minutes.
 """
 
+import hashlib
 import threading
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -108,3 +111,47 @@ def memory_used_percent(client: redis.Redis) -> float | None:
         return None
     used = int(info["used_memory"]) - int(info.get("mem_not_counted_for_evict") or 0)
     return 100.0 * max(used, 0) / limit
+
+
+class ThreadScript:
+    """A Lua script called over a connection of the calling thread's own.
+
+    For the scripts a worker runs on every job: redis-py's ``Script`` takes a pooled
+    connection per call (a lock, a fork check, a poll for stray data) and wraps the call in
+    its retry machinery, which together cost more CPU than the script itself. Here each
+    thread keeps one connection of the client's pool kind (same address, auth, timeouts,
+    Sentinel discovery), sends ``EVALSHA`` and reads the reply. A connection that fails is
+    dropped; a call that fails before Redis answers, on a connection made before (one
+    Redis closed while it was idle), is sent once more on a new one.
+    """
+
+    def __init__(self, client: redis.Redis, source: str) -> None:
+        self.client, self.source = client, source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis's script id
+        self._local = threading.local()
+
+    def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        conn = getattr(self._local, "conn", None)
+        fresh = conn is None
+        if fresh:
+            conn = self._local.conn = self.client.connection_pool.make_connection()
+        try:
+            return self._call(conn, keys, args)
+        except redis.ResponseError:  # the script's own error: the connection is fine
+            raise
+        except redis.ConnectionError:
+            conn.disconnect()
+            if fresh:
+                raise
+            return self._call(conn, keys, args)  # reconnects
+        except BaseException:
+            conn.disconnect()  # a timeout leaves a reply on its way: start clean
+            raise
+
+    def _call(self, conn: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        conn.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        try:
+            return conn.read_response()
+        except NoScriptError:  # Redis restarted, or its script cache was flushed
+            conn.send_command("EVAL", self.source, len(keys), *keys, *args)
+            return conn.read_response()

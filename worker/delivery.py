@@ -12,7 +12,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from email.utils import parseaddr
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emailq.config import Settings, get_settings
 from emailq.core.errors import (
@@ -28,12 +28,15 @@ from emailq.core.job import EmailJob
 from emailq.core.store import redis_client
 from emailq.worker.circuit import BASE_S, Circuit, account
 from emailq.worker.classify import classify, classify_reply
-from emailq.worker.ledger import JobState, Ledger
+from emailq.worker.ledger import Also, JobState, Ledger
 from emailq.worker.locks import Renewer
 from emailq.worker.ratelimit import RateLimiter, limiter_for
 from emailq.worker.recorder import recorder
 from emailq.worker.sender import SendResult, SMTPSender
 from emailq.worker.wire import message_bytes
+
+if TYPE_CHECKING:
+    from emailq.worker.completion import Completion
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +76,12 @@ def deliver(
     settings: Settings,
     limiter: RateLimiter | None = None,
     circuit: Circuit | None = None,
+    completion: "Completion | None" = None,
 ) -> dict[str, Any]:
     """Send ``job`` to every recipient that does not have it yet.
+
+    With a ``completion``, a job that ends sent has its result stored and its message
+    acknowledged by the same write that records it (``emailq.worker.completion``).
 
     Raises ``TransientError`` (some recipients should be retried), ``PermanentError``
     (some can never be reached; the rest are recorded), ``ConfigurationError``,
@@ -86,6 +93,7 @@ def deliver(
     )
     if isinstance(ready, dict):
         return ready  # already sent: nothing to do
+    ready.completion = completion
     return send_one(ready, sender)
 
 
@@ -103,6 +111,7 @@ class Ready:
     ledger: Ledger
     settings: Settings
     circuit: Circuit | None
+    completion: "Completion | None" = None  # written with the record of a clean send
 
     @property
     def envelope_from(self) -> str:
@@ -182,11 +191,12 @@ def finish(
 ) -> dict[str, Any]:
     """Judge a send (its result, or the error it raised), record it, and report or raise."""
     job, job_id, state, circuit = ready.job, ready.job_id, ready.state, ready.circuit
+    hidden = bcc_only(job)
     recorded = False
     try:
         if error is not None:
             attempts = len(state.attempts) + 1
-            outcome = judge_error(error, ready.pending, attempts=attempts, hidden=bcc_only(job))
+            outcome = judge_error(error, ready.pending, attempts=attempts, hidden=hidden)
             if outcome is None:
                 raise error  # a bug: dead-lettered as crashed, with its traceback
             if circuit is not None and relay_failure(error, outcome.error):
@@ -201,21 +211,34 @@ def finish(
                 circuit.succeeded()
             outcome = judge_result(
                 result, earlier_failed=state.failed, earlier_delivered=state.delivered,
-                hidden=bcc_only(job),
+                hidden=hidden,
             )  # fmt: skip
             log.info(
                 "job %s sent to %d recipient(s), %d refused: %s %s",
                 job_id, len(result.accepted), len(result.refused), *result.reply,
             )  # fmt: skip
         recorded = True  # from here the ledger owns the write, even if Redis is away
+        domain = ready.settings.sender.domain
+        if outcome.error is None and outcome.final == "sent" and ready.completion is not None:
+            state.delivered.update(outcome.delivered)  # as the record will: for the result
+            result = report(
+                job_id, domain, state, job=job, hidden=hidden, status="sent", sent_at=time.time()
+            )
+            record(
+                outcome, job_id=job_id, state=state, ledger=ready.ledger, token=ready.token,
+                info=ready.info, also=ready.completion.also(result),
+            )  # fmt: skip
+            ready.completion.done()
+            return result
         record(
             outcome, job_id=job_id, state=state, ledger=ready.ledger, token=ready.token,
             info=ready.info,
         )  # fmt: skip
         if outcome.error is not None:
             raise outcome.error
-        domain = ready.settings.sender.domain
-        return report(job_id, domain, state, job=job, status=outcome.final, sent_at=time.time())
+        return report(
+            job_id, domain, state, job=job, hidden=hidden, status=outcome.final, sent_at=time.time()
+        )
     finally:
         if not recorded:
             ready.release()
@@ -304,7 +327,7 @@ def judge_error(
 
 def record(
     outcome: Outcome, *, job_id: str, state: JobState, ledger: Ledger, token: str,
-    info: dict[str, Any],
+    info: dict[str, Any], also: Also | None = None,
 ) -> None:  # fmt: skip
     """Write the attempt to the tracking store, then to the ledger (releasing the lock).
 
@@ -318,18 +341,19 @@ def record(
         track.emit(outcome.final, job_id, info, attempts=len(state.attempts) + 1)
     ledger.record(
         job_id, state, delivered=list(outcome.delivered), failed=outcome.failed, token=token,
-        final=outcome.final, attempt=outcome.attempt, count=outcome.final,
+        final=outcome.final, attempt=outcome.attempt, count=outcome.final, also=also,
     )  # fmt: skip
 
 
 def report(
-    job_id: str, sender_domain: str, state: JobState, *, job: EmailJob, **extra: Any
-) -> dict[str, Any]:
+    job_id: str, sender_domain: str, state: JobState, *, job: EmailJob,
+    hidden: frozenset[str] | None = None, **extra: Any,
+) -> dict[str, Any]:  # fmt: skip
     """The task's result: the Message-ID and who has the message.
 
     Results are kept for days and shown by Flower, so Bcc recipients appear as a count.
     """
-    hidden = bcc_only(job)
+    hidden = bcc_only(job) if hidden is None else hidden
     return {
         "message_id": f"<{job_id}@{sender_domain}>",
         "accepted": sorted(state.delivered - hidden),

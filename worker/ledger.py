@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from emailq.core.keys import COUNTERS, JOB
+from emailq.core.store import ThreadScript
 from emailq.worker.locks import LOCK_TTL_S, Renewer
 
 log = logging.getLogger(__name__)
@@ -45,20 +46,33 @@ end
 return {0, redis.call('hgetall', KEYS[1]), redis.call('pttl', KEYS[2])}
 """
 
-# An attempt's outcome in one round trip: the fields (ARGV[4] on, in pairs), the lock let go
+# An attempt's outcome in one round trip: the fields (ARGV[7] on, in pairs), the lock let go
 # if this worker still holds it (ARGV[1], '' for none), then the outcome counter (ARGV[3],
 # '' for none). The counter is a side note: a failure there never fails the record.
+# With KEYS[4..6], the job is also over for Celery (``emailq.worker.completion``): its
+# result (ARGV[4], kept ARGV[5] s, '' for ever) stored and published under KEYS[4], and
+# its delivery tag (ARGV[6]) taken out of kombu's unacked index and hash (KEYS[5], KEYS[6]).
 _RECORD = """
 local n = #ARGV
-local i = 4
+local i = 7
 while i <= n do
   local j = math.min(i + 999, n)
   redis.call('hset', KEYS[1], unpack(ARGV, i, j))
   i = j + 1
 end
-if n >= 4 then redis.call('expire', KEYS[1], ARGV[2]) end
+if n >= 7 then redis.call('expire', KEYS[1], ARGV[2]) end
 if ARGV[1] ~= '' and redis.call('get', KEYS[2]) == ARGV[1] then redis.call('del', KEYS[2]) end
 if ARGV[3] ~= '' then redis.pcall('hincrby', KEYS[3], ARGV[3], 1) end
+if #KEYS == 6 then
+  if ARGV[5] ~= '' then
+    redis.call('set', KEYS[4], ARGV[4], 'EX', ARGV[5])
+  else
+    redis.call('set', KEYS[4], ARGV[4])
+  end
+  redis.call('publish', KEYS[4], ARGV[4])
+  redis.call('zrem', KEYS[5], ARGV[6])
+  redis.call('hdel', KEYS[6], ARGV[6])
+end
 return 1
 """
 
@@ -66,6 +80,16 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+
+@dataclass(frozen=True)
+class Also:
+    """A job's Celery bookkeeping for ``Ledger.record`` to write with it: three keys (the
+    result, kombu's unacked index and hash) and three values (the result, its time to
+    live in s or '', the delivery tag)."""
+
+    keys: tuple[str | bytes, str, str]
+    args: tuple[str, int | str, str]
 
 
 @dataclass
@@ -112,9 +136,9 @@ class Ledger:
     def __init__(self, client: redis.Redis, *, renewer: Renewer | None = None) -> None:
         self.redis = client
         self.renewer = renewer
-        self._begin = client.register_script(_BEGIN)
+        self._begin = ThreadScript(client, _BEGIN)  # on every job: the lean call
         self._release = client.register_script(_RELEASE)
-        self._record = client.register_script(_RECORD)
+        self._record = ThreadScript(client, _RECORD)
         self._unwritten: dict[str, list[Callable[[], Any]]] = {}
         self._writing = threading.Lock()  # one flush at a time: writes stay in order
         self._writer: threading.Thread | None = None
@@ -152,10 +176,13 @@ class Ledger:
         final: str | None = None,
         token: str | None = None,
         count: str | None = None,
+        also: Also | None = None,
     ) -> None:
         """Write an attempt's outcome, release the lock and count it, in one round trip.
 
         ``count`` names the outcome counter (``emailq.worker.counters``) to add one to.
+        ``also`` ends the job for Celery in the same script (see ``_RECORD``); it is
+        written with this first attempt only, never with an outcome kept for later.
         Raises ``redis.RedisError`` if Redis is away; the outcome is then kept and
         written once it answers (``flush``).
         """
@@ -172,10 +199,11 @@ class Ledger:
             fields += ("final", final)
         state.delivered.update(delivered)
         state.failed.update(failed or {})
-        args = [token or "", STATE_TTL_S, count or "", *fields]
+        keys = [key, key + ":lock", COUNTERS]
+        args = [token or "", STATE_TTL_S, count or "", "", "", "", *fields]
 
         def write() -> None:
-            self._record(keys=[key, key + ":lock", COUNTERS], args=args)
+            self._record(keys=keys, args=args)
 
         try:
             if job_id in self._unwritten:  # earlier outcomes first, in order
@@ -183,7 +211,11 @@ class Ledger:
                     self._unwritten.setdefault(job_id, []).append(write)
                 self.flush(job_id)
             else:  # the usual case: no lock shared between threads, one round trip
-                write()
+                if also is None:
+                    write()
+                else:
+                    keys_also, args_also = [*keys, *also.keys], [*args[:3], *also.args, *fields]
+                    self._record(keys=keys_also, args=args_also)
                 if token is not None:
                     self._let_go(job_id)
         except redis.RedisError:

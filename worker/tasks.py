@@ -30,6 +30,7 @@ from emailq.core.keys import QUEUES
 from emailq.core.store import redis_client
 from emailq.worker import chunks, counters, deadletter
 from emailq.worker.app import app
+from emailq.worker.completion import completion_for
 from emailq.worker.delivery import deliver, shared
 from emailq.worker.recorder import recorder
 from emailq.worker.retry import INFRASTRUCTURE, Decision, decide
@@ -46,6 +47,8 @@ EXPECTED = (InvalidEmail, JobExpired, PermanentError, TransientError)
 
 class WorkerTask(Task):
     """Publishes without validation; a countdown or ETA parks the job in Redis."""
+
+    Request = "emailq.worker.request:Request"  # the delivery tag in request.delivery_info
 
     def apply_async(self, args=None, kwargs=None, task_id=None, **options):  # noqa: D102
         task_id = task_id or uuid()
@@ -76,6 +79,7 @@ def send(self: WorkerTask, **payload: Any) -> dict[str, Any]:
         result = deliver(
             job, job_id=self.request.id, sender=common.sender, ledger=common.ledger,
             settings=settings, limiter=common.limiter, circuit=common.circuit,
+            completion=completion_for(self),
         )  # fmt: skip
         if result["status"] == "partial" and not result.get("duplicate"):
             bury_refused(self.request.id, payload)
