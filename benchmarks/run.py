@@ -660,24 +660,29 @@ before its 250."""
 LIMITS = """## What limits it, and what was tried
 
 - **0 ms per reply, single jobs: Celery's per-task work.** Profiled with py-spy (`--gil`,
-  one worker process × 16 threads, 3,000 jobs), a single job's CPU went, before this
-  round: about a fifth to publishing task events (one PUBLISH per turn of Celery's
-  event loop, for every one or two events), a tenth to the result (a GET, then a
-  MULTI/SETEX/PUBLISH/EXEC transaction), a tenth to the ack (another MULTI/EXEC), a
-  tenth to the ledger's record (a pipeline that also sent SCRIPT EXISTS each time, and a
-  separate counter HINCRBY); the rest to fetching, Celery's request and pool machinery,
-  the SMTP commands and tracking. Done: task events published in batches every 0.1 s
-  (`worker/consumer.py`; 180 events in 14 publishes instead of 128 in a test), a success
-  stored in one round trip without the read first (`core/backends.py`), the ack and the
-  ledger record (with the lock release and the outcome counter) one script each. The
-  worker now sends Redis about 7 commands per single job where it sent about 18
-  (tests/integration/test_round_trips.py counts them). Measured with the same harness
-  (`psutil` CPU time of the worker process from the 200th to the 3,000th job), the CPU
-  per single job went from 3.4 ms to about 2.6 ms on this machine while it was shared:
-  about a quarter less, not half. What is left is mostly Celery's own per-message work
-  (its Request, tracer, pool hand-off and three task events per job) and redis-py's per
-  command cost; halving it would mean leaving Celery's one-message-per-job model for
-  single jobs, or turning off the task events Flower shows.
+  one worker process × 16 threads, 3,000 jobs). Before this round, a single job's CPU
+  went about a fifth to publishing task events (one PUBLISH per turn of Celery's event
+  loop), a tenth each to the result (a GET, then MULTI/SETEX/PUBLISH/EXEC), the ack
+  (another MULTI/EXEC) and the ledger's record; the rest to fetching, Celery's request
+  and pool machinery, the SMTP commands and tracking. Done since: task events published
+  in batches every 0.1 s (`worker/consumer.py`); the ledger record, the lock release, the
+  outcome counter, the stored result and the ack of a sent job in one script
+  (`worker/completion.py`); the ledger's scripts over a connection of each thread's own
+  (`core/store.py` `ThreadScript`), without redis-py's per-command pool work; hiredis
+  for redis-py; the From address parsed once. The worker sends Redis 3.6 commands per
+  single job where it sent about 18 (tests/integration/test_round_trips.py counts them).
+  **Before and after**, measured with `benchmarks/cpu_per_job.py` (worker CPU time from
+  the 200th to the 3,000th job; the build before this round, commit 9527914, run first in
+  each of 5 back-to-back pairs on this machine, idle otherwise): 6.1–6.6 ms per job
+  before, 3.1–3.6 ms now; ratios 0.47–0.55 per pair, median 0.53 (0.52 leaving out the
+  pair profiled with py-spy). About half, not quite half at the median. A job's CPU
+  now goes about 38% to the task body (SMTP 10%, the two ledger scripts 10%, the message
+  bytes 3%, the result 3%), 13% to Celery receiving the message (its strategy, Request
+  and the pool hand-off), 6% to the text repr of the result Celery makes for the
+  task-succeeded event, about 10% to the three task events, 3.5% to tracking, and a
+  quarter to system time (socket calls and the GIL's hand-offs between 17 threads).
+  Halving it again would mean leaving Celery's one-message-per-job model for single
+  jobs, or turning off the task events Flower shows.
 - **Bulk jobs:** `enqueue_bulk` sends 25 jobs per task, so Celery's cost is shared. A
   chunk's thread keeps one connection and pipelines across messages (RFC 2920 3.1): one
   message's end of data and the next one's MAIL, RCPT and DATA in one write, one round

@@ -12,9 +12,10 @@ Celery's own path.
 """
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from celery import Task, states
+from celery import Celery, Task, states
 
 from emailq.core.backends import StoreSuccessOnce, skip_ack, skip_store
 from emailq.worker.ledger import Also
@@ -61,12 +62,19 @@ def completion_for(task: Task) -> Completion | None:
         or request.chord
     ):
         return None
-    options = task.app.conf.broker_transport_options or {}
-    if options.get("global_keyprefix") or not str(task.app.conf.broker_transport).startswith(
+    keys = _unacked_keys(task.app)
+    if keys is None:
+        return None
+    return Completion(backend, request, request.id, tag, *keys)
+
+
+@cache
+def _unacked_keys(app: Celery) -> tuple[str, str] | None:
+    """kombu's unacked index and hash in the app's broker, or None for kombu's own channel
+    (its own keys and ack). Read once: Celery's configuration look-ups are slow per job."""
+    options = app.conf.broker_transport_options or {}
+    if options.get("global_keyprefix") or not str(app.conf.broker_transport).startswith(
         "emailq.core.backends:"
     ):
-        return None  # kombu's own channel: its own unacked keys and ack
-    return Completion(
-        backend, request, request.id, tag,
-        options.get("unacked_index_key", "unacked_index"), options.get("unacked_key", "unacked"),
-    )  # fmt: skip
+        return None
+    return options.get("unacked_index_key", "unacked_index"), options.get("unacked_key", "unacked")

@@ -21,3 +21,15 @@ def test_make_bench_harness_runs_every_measurement_at_smoke_size(tmp_path):
                "Redis capacity")  # fmt: skip
     for figure in figures:
         assert figure in text
+
+
+def test_the_cpu_per_job_harness_compares_two_builds(tmp_path):
+    # This build against itself: the harness runs, pairs its runs and prints a ratio
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cpu_per_job", "--jobs", "260", "--pairs", "1",
+         "--other-python", sys.executable],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "ratio to the other" in run.stdout
