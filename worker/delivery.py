@@ -1,35 +1,30 @@
 """Deliver one job in three steps: send to whoever still needs it, judge the outcome, record it.
 
 No Celery in here: the task turns what this raises into a retry, a deferral or a
-dead letter (``emailq.worker.retry``). ``judge_result`` and ``judge_error`` are pure,
-so the outcome logic is tested without a worker, an SMTP server or Redis.
+dead letter (``emailq.worker.retry``). The judging is pure, in ``emailq.worker.outcome``.
 """
 
 import logging
-import smtplib
 import threading
 import time
-from collections.abc import Collection
-from dataclasses import dataclass, field, replace
-from email.utils import parseaddr
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from emailq.config import Settings, get_settings
-from emailq.core.errors import (
-    ConfigurationError,
-    JobBusy,
-    JobExpired,
-    PermanentError,
-    RateLimited,
-    RelayUnavailable,
-    TransientError,
-)
+from emailq.core.errors import JobBusy, JobExpired, RateLimited, RelayUnavailable
 from emailq.core.job import EmailJob
 from emailq.core.store import redis_client
 from emailq.worker.circuit import BASE_S, Circuit, account
-from emailq.worker.classify import classify, classify_reply
 from emailq.worker.ledger import Also, JobState, Ledger
 from emailq.worker.locks import Renewer
+from emailq.worker.outcome import (
+    Outcome,
+    bcc_only,
+    judge_error,
+    judge_result,
+    relay_failure,
+    report,
+)
 from emailq.worker.ratelimit import RateLimiter, limiter_for
 from emailq.worker.recorder import recorder
 from emailq.worker.sender import SendResult, SMTPSender
@@ -44,22 +39,9 @@ log = logging.getLogger(__name__)
 # what kills the worker); it goes to the dead-letter queue instead of looping.
 MAX_LOST_STARTS = 3
 
-Reply = tuple[int, str]
-
 
 class WorkerLost(Exception):
     """The job's workers died mid-send too often; it is dead-lettered as crashed."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one attempt achieved, and what to raise once it is recorded."""
-
-    attempt: dict[str, Any]  # the attempt as the ledger and the tracking store keep it
-    delivered: tuple[str, ...] = ()  # accepted by the server in this attempt
-    failed: dict[str, Reply] = field(default_factory=dict)  # refused for good in this attempt
-    final: str | None = None  # "sent" once every recipient has the message
-    error: Exception | None = None  # raised after recording; None means done
 
 
 def send_deadline_s(settings: Settings) -> float:
@@ -244,87 +226,6 @@ def finish(
             ready.release()
 
 
-def judge_result(
-    result: SendResult,
-    *,
-    earlier_failed: dict[str, Reply],
-    earlier_delivered: set[str] | frozenset[str] = frozenset(),
-    hidden: Collection[str] = (),
-) -> Outcome:
-    """The outcome of a send the server took: who has it, who was refused, what comes next.
-
-    The error names the recipients it concerns with their replies; ``hidden`` ones (Bcc)
-    only as a count.
-
-    - everyone has it: ``sent``;
-    - some deferred (4xx): a ``TransientError`` for them alone, carrying in ``permanent``
-      those refused for good in this attempt, who are dead-lettered at once;
-    - the rest refused for good, someone has it: ``partial``, and no error;
-    - refused for good, nobody has it: a ``PermanentError``.
-    """
-    transient: dict[str, Reply] = {}
-    permanent: dict[str, Reply] = {}
-    for rcpt, (code, text) in result.refused.items():
-        kind = classify_reply(code, text, stage="rcpt")
-        (permanent if kind is PermanentError else transient)[rcpt] = (code, text)
-    clean = not transient and not permanent and not earlier_failed
-    someone = bool(result.accepted) or bool(earlier_delivered)
-    attempt = {
-        "outcome": "sent" if clean else "partial",
-        "smtp_code": result.reply[0],
-        "smtp_text": result.reply[1],
-        "recipients": list(result.accepted),
-        "refused": {r: list(v) for r, v in result.refused.items()},
-    }
-    error: Exception | None = None
-    final = "sent" if clean else None
-    if transient:
-        error = TransientError.refusing(transient, hidden=hidden)
-        error.permanent = permanent  # type: ignore[attr-defined] - dead-lettered now
-    elif (permanent or earlier_failed) and someone:
-        final = "partial"
-    elif permanent or earlier_failed:
-        error = PermanentError.refusing({**earlier_failed, **permanent}, hidden=hidden)
-    return Outcome(attempt, tuple(result.accepted), permanent, final, error)
-
-
-def relay_failure(exc: BaseException, error: Exception | None) -> bool:
-    """The relay itself failed (no connection, a dropped one), not this message."""
-    if not isinstance(error, TransientError):
-        return False
-    if isinstance(exc, smtplib.SMTPConnectError):  # a 4xx greeting
-        return True
-    replied = (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused)
-    return isinstance(exc, OSError) and not isinstance(exc, replied)
-
-
-def judge_error(
-    exc: BaseException, pending: list[str], *, attempts: int, hidden: Collection[str] = ()
-) -> Outcome | None:
-    """The outcome of a send that raised; None when the error is a bug, not a delivery failure."""
-    error = classify(exc, hidden=hidden)
-    if error is None:
-        return None
-    if isinstance(error, ConfigurationError):
-        error.attempts = attempts  # type: ignore[attr-defined] - spaces out its deferrals
-        kind = "configuration"
-    else:
-        kind = "permanent" if isinstance(error, PermanentError) else "transient"
-    failed: dict[str, Reply] = {}
-    if isinstance(error, PermanentError):
-        failed = dict(error.recipients) or {
-            r: (error.smtp_code or 0, error.smtp_text or str(error)) for r in pending
-        }
-    attempt = {
-        "outcome": kind,
-        "smtp_code": getattr(error, "smtp_code", None),
-        "smtp_text": getattr(error, "smtp_text", None),
-        "error": str(error),
-        "recipients": pending,
-    }
-    return Outcome(attempt, failed=failed, error=error)
-
-
 def record(
     outcome: Outcome, *, job_id: str, state: JobState, ledger: Ledger, token: str,
     info: dict[str, Any], also: Also | None = None,
@@ -343,34 +244,6 @@ def record(
         job_id, state, delivered=list(outcome.delivered), failed=outcome.failed, token=token,
         final=outcome.final, attempt=outcome.attempt, count=outcome.final, also=also,
     )  # fmt: skip
-
-
-def report(
-    job_id: str, sender_domain: str, state: JobState, *, job: EmailJob,
-    hidden: frozenset[str] | None = None, **extra: Any,
-) -> dict[str, Any]:  # fmt: skip
-    """The task's result: the Message-ID and who has the message.
-
-    Results are kept for days and shown by Flower, so Bcc recipients appear as a count.
-    """
-    hidden = bcc_only(job) if hidden is None else hidden
-    return {
-        "message_id": f"<{job_id}@{sender_domain}>",
-        "accepted": sorted(state.delivered - hidden),
-        "refused": {r: list(reply) for r, reply in state.failed.items() if r not in hidden},
-        "bcc": {
-            "accepted": len(state.delivered & hidden),
-            "refused": len(set(state.failed) & hidden),
-        },
-        **extra,
-    }
-
-
-def bcc_only(job: EmailJob) -> frozenset[str]:
-    """Recipients only on Bcc: results and their errors count them, never name them."""
-    return frozenset(parseaddr(a)[1] for a in job.bcc) - {
-        parseaddr(a)[1] for a in (*job.to, *job.cc)
-    }
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,28 @@
 """The SMTP sender: verified TLS, login, and a thread-safe pool of reused connections."""
 
 import logging
-import re
 import smtplib
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
-from smtplib import quoteaddr
 
 from emailq.config import Settings
 from emailq.core.errors import ConfigurationError, TLSVerificationError
 from emailq.worker.classify import connect_failed
+from emailq.worker.pipelining import (
+    MAX_PIPELINED_RECIPIENTS,
+    SendResult,
+    StaleConnection,
+    mail_reply,
+    pipelined,
+    rcpt_groups,
+    sort_replies,
+)
+
+__all__ = ["MAX_PIPELINED_RECIPIENTS", "SMTPSender", "SendResult", "tls_context"]
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +32,6 @@ MAX_IDLE_S = 60.0
 # Many providers cap messages per session (Outlook at 30, others near 100); opening
 # a fresh session before the cap avoids a 421 in the middle of a job.
 MAX_MESSAGES_PER_CONNECTION = 25
-MAX_PIPELINED_RECIPIENTS = 100
-LEADING_DOT = re.compile(rb"(?m)^\.")
-
-
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    """What the server said: accepted recipients, and refused ones with their reply."""
-
-    accepted: tuple[str, ...]
-    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
-    reply: tuple[int, str] = (250, "")
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:
@@ -225,7 +221,7 @@ class SMTPSender:
             conn = self._checkout()
             try:
                 result = self._transaction(conn, data, sender, recipients)
-            except _StaleConnection:
+            except StaleConnection:
                 self._retire(conn, polite=False)
                 continue  # nothing was sent: the server hung up before MAIL FROM
             except BaseException:
@@ -242,15 +238,15 @@ class SMTPSender:
         smtp = conn.smtp
         pipelining = smtp.has_extn("pipelining")
         if pipelining and len(recipients) <= MAX_PIPELINED_RECIPIENTS:
-            return _pipelined(conn, data, sender, recipients)
-        code, reply = _mail_reply(conn, lambda: smtp.mail(sender))
+            return pipelined(conn, data, sender, recipients)
+        code, reply = mail_reply(conn, lambda: smtp.mail(sender))
         if code != 250:
             raise smtplib.SMTPSenderRefused(code, reply, sender)
         if pipelining:  # many recipients: RCPTs in groups, not one round trip each
-            replies = _rcpt_groups(smtp, recipients)
+            replies = rcpt_groups(smtp, recipients)
         else:
             replies = [smtp.rcpt(r) for r in recipients]
-        accepted, refused = _sorted(recipients, replies)
+        accepted, refused = sort_replies(recipients, replies)
         if not accepted:
             smtp.rset()
             raise smtplib.SMTPRecipientsRefused(
@@ -268,129 +264,3 @@ class SMTPSender:
             idle, self._idle = self._idle, []
         for conn in idle:
             self._retire(conn)
-
-
-def _pipelined(conn: _Connection, data: bytes, sender: str, recipients: list[str]) -> SendResult:
-    """RFC 2920: MAIL, every RCPT and DATA in one write, then their replies in order.
-
-    The same outcomes as the step-by-step transaction, in two round trips instead of
-    3 + n. A DATA accepted despite refusals is never answered with a message: the
-    error discards the connection.
-    """
-    smtp = conn.smtp
-    group = _envelope(sender, recipients)
-
-    def write_group() -> tuple[int, bytes]:
-        smtp.send(group)
-        return smtp.getreply()
-
-    accepted, refused = _envelope_replies(smtp, _mail_reply(conn, write_group), sender, recipients)
-    smtp.send(_dot_stuffed(data))
-    return _final_reply(smtp, accepted, refused)
-
-
-def _rcpt_groups(smtp: smtplib.SMTP, recipients: list[str]) -> list[tuple[int, bytes]]:
-    """RCPTs written ``MAX_PIPELINED_RECIPIENTS`` at a time, each group's replies read before
-    the next group is written.
-
-    RFC 2920 3.1: a group larger than what both ends buffer could deadlock them; groups
-    of this size cost a 1,000-recipient message 10 round trips for its RCPTs, not 1,000.
-    """
-    replies: list[tuple[int, bytes]] = []
-    size = MAX_PIPELINED_RECIPIENTS
-    for start in range(0, len(recipients), size):
-        group = [f"rcpt TO:{quoteaddr(r)}" for r in recipients[start : start + size]]
-        if any("\r" in line or "\n" in line for line in group):
-            raise ValueError("command and arguments contain prohibited newline characters")
-        smtp.send("".join(f"{line}\r\n" for line in group))
-        replies += [smtp.getreply() for _ in group]
-    return replies
-
-
-def _envelope(sender: str, recipients: list[str]) -> str:
-    """MAIL, one RCPT per recipient and DATA, as one pipelined group."""
-    group = [f"mail FROM:{quoteaddr(sender)}", *(f"rcpt TO:{quoteaddr(r)}" for r in recipients)]
-    group.append("data")
-    if any("\r" in line or "\n" in line for line in group):
-        raise ValueError("command and arguments contain prohibited newline characters")
-    return "".join(f"{line}\r\n" for line in group)
-
-
-def _envelope_replies(
-    smtp: smtplib.SMTP, mail: tuple[int, bytes], sender: str, recipients: list[str]
-) -> tuple[list[str], dict[str, tuple[int, str]]]:
-    """The replies to a pipelined group after MAIL's: raises unless DATA got its 354."""
-    code, reply = mail
-    if code != 250:
-        _drain(smtp, len(recipients) + 1)
-        raise smtplib.SMTPSenderRefused(code, reply, sender)
-    accepted, refused = _sorted(recipients, [smtp.getreply() for _ in recipients])
-    code, reply = smtp.getreply()
-    if not accepted:
-        if code != 354:
-            smtp.rset()
-        raise smtplib.SMTPRecipientsRefused({r: (c, t.encode()) for r, (c, t) in refused.items()})
-    if code != 354:
-        raise smtplib.SMTPDataError(code, reply)
-    return accepted, refused
-
-
-def _final_reply(
-    smtp: smtplib.SMTP, accepted: list[str], refused: dict[str, tuple[int, str]], *,
-    rset: bool = True,
-) -> SendResult:  # fmt: skip
-    """The reply to the end of a message's data. ``rset`` false: more commands are in flight."""
-    code, reply = smtp.getreply()
-    if code != 250:
-        if rset:
-            smtp.rset()
-        raise smtplib.SMTPDataError(code, reply)
-    return SendResult(tuple(accepted), refused, (code, reply.decode("utf-8", "replace")))
-
-
-def _mail_reply(conn: _Connection, mail: Callable[[], tuple[int, bytes]]) -> tuple[int, bytes]:
-    """The reply to MAIL. A reused connection the server already closed is stale: nothing sent."""
-    try:
-        code, reply = mail()
-    except smtplib.SMTPServerDisconnected:
-        if conn.fresh:
-            raise
-        raise _StaleConnection from None
-    if code == 421 and not conn.fresh:
-        raise _StaleConnection
-    return code, reply
-
-
-def _sorted(
-    recipients: list[str], replies: list[tuple[int, bytes]]
-) -> tuple[list[str], dict[str, tuple[int, str]]]:
-    """Accepted recipients, and refused ones with their reply, from the RCPT replies."""
-    accepted: list[str] = []
-    refused: dict[str, tuple[int, str]] = {}
-    for rcpt, (code, reply) in zip(recipients, replies, strict=True):
-        if code in (250, 251):
-            accepted.append(rcpt)
-        else:
-            refused[rcpt] = (code, reply.decode("utf-8", "replace"))
-    return accepted, refused
-
-
-def _drain(smtp: smtplib.SMTP, replies: int) -> None:
-    """Read the replies still due, up to a hang-up."""
-    try:
-        for _ in range(replies):
-            smtp.getreply()
-    except smtplib.SMTPServerDisconnected:
-        pass
-
-
-def _dot_stuffed(data: bytes) -> bytes:
-    """The DATA body exactly as smtplib.SMTP.data sends bytes: leading dots doubled, CRLF.CRLF."""
-    body = LEADING_DOT.sub(b"..", data)
-    if body[-2:] != b"\r\n":
-        body += b"\r\n"
-    return body + b".\r\n"
-
-
-class _StaleConnection(Exception):
-    """A reused connection was closed by the server before this job sent anything."""

@@ -20,17 +20,16 @@ from typing import Any
 
 from emailq.worker import sender as smtp_sender
 from emailq.worker.delivery import Ready, finish, send_one
-from emailq.worker.sender import (
+from emailq.worker.pipelining import (
     MAX_PIPELINED_RECIPIENTS,
-    SMTPSender,
-    _Connection,
-    _dot_stuffed,
-    _envelope,
-    _envelope_replies,
-    _final_reply,
-    _mail_reply,
-    _StaleConnection,
+    StaleConnection,
+    dot_stuffed,
+    envelope,
+    envelope_replies,
+    final_reply,
+    mail_reply,
 )
+from emailq.worker.sender import SMTPSender, _Connection
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +79,9 @@ class Stream:
         assert conn is not None
         self.open = None
         try:
-            conn.smtp.send(_dot_stuffed(ready.message))
+            conn.smtp.send(dot_stuffed(ready.message))
             conn.sent += 1
-            result = _final_reply(conn.smtp, accepted, refused)
+            result = final_reply(conn.smtp, accepted, refused)
         except Exception as exc:
             self._drop()  # as after any failed transaction
             self._done(key, ready, error=exc)
@@ -119,11 +118,11 @@ class Stream:
                 return smtp.getreply()
 
             try:
-                mail = _mail_reply(conn, write_group)
-                accepted, refused = _envelope_replies(
+                mail = mail_reply(conn, write_group)
+                accepted, refused = envelope_replies(
                     conn.smtp, mail, ready.envelope_from, ready.pending
                 )
-            except _StaleConnection:
+            except StaleConnection:
                 self._drop()
                 continue  # nothing was sent: the server hung up before MAIL FROM
             except Exception as exc:
@@ -142,9 +141,9 @@ class Stream:
         conn = self.conn
         self.open = None
         try:
-            conn.smtp.send(_dot_stuffed(prev.message) + envelope)
+            conn.smtp.send(dot_stuffed(prev.message) + envelope)
             conn.sent += 1
-            result = _final_reply(conn.smtp, accepted, refused, rset=False)
+            result = final_reply(conn.smtp, accepted, refused, rset=False)
         except REFUSED as exc:  # this transaction is over; the next one is already on its way
             self._done(prev_key, prev, error=exc)
         except Exception as exc:  # the connection is gone, and with it ``ready``'s envelope
@@ -158,7 +157,7 @@ class Stream:
             mail = conn.smtp.getreply()
             if mail[0] == 421:  # closing: nothing of this message went out
                 raise smtplib.SMTPServerDisconnected("421 to MAIL FROM")
-            accepted, refused = _envelope_replies(
+            accepted, refused = envelope_replies(
                 conn.smtp, mail, ready.envelope_from, ready.pending
             )
         except REFUSED as exc:
@@ -226,6 +225,6 @@ def _group(ready: Ready) -> bytes | None:
     if not ready.pending or len(ready.pending) > MAX_PIPELINED_RECIPIENTS:
         return None
     try:
-        return _envelope(ready.envelope_from, ready.pending).encode("ascii")
+        return envelope(ready.envelope_from, ready.pending).encode("ascii")
     except (ValueError, UnicodeError):  # the per-message path raises it as it always has
         return None

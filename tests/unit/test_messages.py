@@ -20,7 +20,7 @@ from emailq.core.errors import (
 from emailq.core.validation import validate_job
 from emailq.worker.classify import classify
 from emailq.worker.cli.check import Notice, _preset, _reason, _smtp
-from emailq.worker.delivery import judge_error, judge_result
+from emailq.worker.outcome import judge_error, judge_result
 from emailq.worker.sender import SendResult, SMTPSender
 from tests.support import free_port
 

@@ -4,7 +4,7 @@ import smtplib
 import socket
 
 from emailq.core.errors import ConfigurationError, PermanentError, TransientError
-from emailq.worker.delivery import judge_error, judge_result
+from emailq.worker.outcome import judge_error, judge_result
 from emailq.worker.sender import SendResult
 
 
