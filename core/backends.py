@@ -29,6 +29,7 @@ consumer that one malformed queue item cannot stop.
 
 import json
 import logging
+import os
 import time
 from datetime import datetime
 from functools import cached_property
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 # (the ledger record of a sent job); each is taken out when Celery comes to write it.
 _STORED: set[str] = set()
 _ACKED: set[str] = set()
+# The process whose consumer acknowledges (where a QoS was made). A task run in a pool's
+# child process (-P processes) leaves the ack to the parent, which makes its own write.
+_ACKING_PID: int | None = None
 
 _LOG_EXCERPT_BYTES = 48  # of an item shown in the log: its repr stays under 200 chars
 _ERROR_CHARS = 200  # kombu's JSON errors can quote the whole object
@@ -249,8 +253,12 @@ def skip_store(task_id: str) -> None:
 
 
 def skip_ack(delivery_tag: str) -> None:
-    """The job under ``delivery_tag`` left ``unacked``: the QoS only forgets it in memory."""
-    _ACKED.add(delivery_tag)
+    """The job under ``delivery_tag`` left ``unacked``: the QoS only forgets it in memory.
+
+    Only where this process's QoS will ack it: a pool child never does, so nothing is kept
+    there (the parent's ack then removes what is already gone, harmlessly)."""
+    if os.getpid() == _ACKING_PID:
+        _ACKED.add(delivery_tag)
 
 
 class QoS(kombu_redis.QoS):
@@ -258,6 +266,11 @@ class QoS(kombu_redis.QoS):
     acknowledgement in one script, and a channel close that survives a broker gone away."""
 
     _ack_script: Script | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        global _ACKING_PID
+        super().__init__(*args, **kwargs)
+        _ACKING_PID = os.getpid()
 
     def ack(self, delivery_tag: str) -> None:
         if delivery_tag in _ACKED:

@@ -69,6 +69,35 @@ def test_sent_jobs_leave_results_for_get_and_nothing_unacknowledged(
     assert len(smtp_server.handler.messages) == JOBS
 
 
+def test_a_process_pool_leaves_the_ack_to_the_parent_and_keeps_nothing(
+    smtp_server, start_worker, private_redis
+):
+    # Given a worker whose tasks run in child processes (the consumer acks in the parent)
+    publisher = Celery(broker=private_redis.url, set_as_current=False)
+    publisher.conf.task_serializer = "json"
+    publisher.conf.result_backend = private_redis.url
+    results = [
+        publisher.send_task(
+            "emailq.send",
+            kwargs={"to": [f"p{i}@example.com"], "subject": "s", "text": "t"},
+            queue="normal",
+        )  # fmt: skip
+        for i in range(10)
+    ]
+
+    # When it sends them
+    start_worker(smtp_server, redis_url=private_redis.url, concurrency=2, pool="processes")
+
+    # Then each result arrives and every job leaves the unacked set
+    for i, result in enumerate(results):
+        assert result.get(timeout=60)["accepted"] == [f"p{i}@example.com"]
+    client = private_redis.client()
+    deadline = time.monotonic() + 10
+    while client.hlen("unacked"):
+        assert time.monotonic() < deadline, client.hkeys("unacked")
+        time.sleep(0.1)
+
+
 def _ready(client: redis.Redis, tag: str) -> None:
     client.hset("unacked", tag, '[{}, "", "normal"]')
     client.zadd("unacked_index", {tag: time.time()})
