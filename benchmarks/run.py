@@ -627,14 +627,17 @@ four round trips a message (≤ 80 msg/s on 32 connections), and post_office ope
 sessions, and a new pool of processes, for every batch of 100."""
 
 LIMITS_WIDE = """\
-What limits it: round trips, one per recipient. Above 100 recipients
-(`MAX_PIPELINED_RECIPIENTS`, worker/sender.py) our sender goes step by step, as Django's
-smtplib always does, so at 20 ms a 1,000-recipient message holds its connection for
-20 s: about 1,600 recipients/s on 32 connections, for either. At 0 ms a round trip
-costs what scheduling both ends costs. With the cores busy, in two paired runs, our
-worker (in a session of its own, like every worker here) ran these jobs about half as
-fast as the same command in the bench's own session, where the sink and post_office
-run (Linux autogroup scheduling)."""
+What limits it: above 100 recipients (`MAX_PIPELINED_RECIPIENTS`, worker/pipelining.py)
+our sender writes the RCPTs in pipelined groups of 100, about 13 round trips for a
+1,000-recipient message where Django's smtplib takes over 1,000: at 20 ms that alone
+caps post_office near 1,600 recipients/s on 32 connections. Ours is then bound by CPU:
+both ends handle a thousand RCPT commands and replies per message in Python (the sink is
+aiosmtpd), and the ledger writes a field per recipient. 32 jobs make a small sample, so
+this row moves more than the others between runs. With the cores busy, in two paired
+runs, our worker (in a session of its own, like every worker here) ran these jobs about
+half as fast as the same command in the bench's own session, where the sink and
+post_office run (Linux autogroup scheduling)."""
+
 
 POSTFIX_SETUP = """\
 A private Postfix instance (benchmarks/postfix.py: its own config, queue and data
