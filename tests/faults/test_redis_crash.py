@@ -62,8 +62,8 @@ def aof_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisS
     "aof_redis", ["always", pytest.param("everysec", marks=long_only)], indirect=True
 )
 def test_redis_killed_mid_batch_and_restarted_from_its_aof_loses_no_acknowledged_job(
-    smtp_server: SMTPTestServer, start_worker, aof_redis: RedisServer
-) -> None:
+    smtp_server: SMTPTestServer, aof_redis: RedisServer, start_worker
+) -> None:  # aof_redis before start_worker: the worker stops while its Redis still runs
     # Given a batch acknowledged to the producer by a Redis that persists to its AOF, and a
     # worker (5 s visibility timeout) sending it
     count = pick(100, 1000)

@@ -32,7 +32,7 @@ def private_redis(tmp_path):
 
 
 def test_sent_jobs_leave_results_for_get_and_nothing_unacknowledged(
-    smtp_server, start_worker, private_redis
+    smtp_server, private_redis, start_worker
 ):
     # Given jobs queued on a Redis of their own, and a caller already waiting on the first
     publisher = Celery(broker=private_redis.url, set_as_current=False)
@@ -70,7 +70,7 @@ def test_sent_jobs_leave_results_for_get_and_nothing_unacknowledged(
 
 
 def test_a_process_pool_leaves_the_ack_to_the_parent_and_keeps_nothing(
-    smtp_server, start_worker, private_redis
+    smtp_server, private_redis, start_worker
 ):
     # Given a worker whose tasks run in child processes (the consumer acks in the parent)
     publisher = Celery(broker=private_redis.url, set_as_current=False)
