@@ -31,21 +31,33 @@ def private_redis(tmp_path):
     server.kill()
 
 
+def _publish(url: str, prefix: str, count: int) -> list:
+    """``count`` jobs published to the Redis at ``url``, with results kept there."""
+    publisher = Celery(broker=url, set_as_current=False)
+    publisher.conf.task_serializer = "json"
+    publisher.conf.result_backend = url
+    return [
+        publisher.send_task(
+            "emailq.send",
+            kwargs={"to": [f"{prefix}{i}@example.com"], "subject": "s", "text": "t"},
+            queue="normal",
+        )  # fmt: skip
+        for i in range(count)
+    ]
+
+
+def _wait_until_nothing_unacked(client: redis.Redis) -> None:
+    deadline = time.monotonic() + 10
+    while client.hlen("unacked") or client.zcard("unacked_index"):
+        assert time.monotonic() < deadline, client.hkeys("unacked")
+        time.sleep(0.1)
+
+
 def test_sent_jobs_leave_results_for_get_and_nothing_unacknowledged(
     smtp_server, private_redis, start_worker
 ):
     # Given jobs queued on a Redis of their own, and a caller already waiting on the first
-    publisher = Celery(broker=private_redis.url, set_as_current=False)
-    publisher.conf.task_serializer = "json"
-    publisher.conf.result_backend = private_redis.url
-    results = [
-        publisher.send_task(
-            "emailq.send",
-            kwargs={"to": [f"u{i}@example.com"], "subject": "s", "text": "t"},
-            queue="normal",
-        )  # fmt: skip
-        for i in range(JOBS)
-    ]
+    results = _publish(private_redis.url, "u", JOBS)
     waited: dict = {}
     waiter = threading.Thread(target=lambda: waited.update(results[0].get(timeout=60)))
     waiter.start()
@@ -61,11 +73,7 @@ def test_sent_jobs_leave_results_for_get_and_nothing_unacknowledged(
     assert waited["status"] == "sent" and waited["accepted"] == ["u0@example.com"]
     for i, result in enumerate(results):
         assert result.get(timeout=30)["accepted"] == [f"u{i}@example.com"]
-    client = private_redis.client()
-    deadline = time.monotonic() + 10
-    while client.hlen("unacked") or client.zcard("unacked_index"):
-        assert time.monotonic() < deadline, client.hkeys("unacked")
-        time.sleep(0.1)
+    _wait_until_nothing_unacked(private_redis.client())
     assert len(smtp_server.handler.messages) == JOBS
 
 
@@ -73,17 +81,7 @@ def test_a_process_pool_leaves_the_ack_to_the_parent_and_keeps_nothing(
     smtp_server, private_redis, start_worker
 ):
     # Given a worker whose tasks run in child processes (the consumer acks in the parent)
-    publisher = Celery(broker=private_redis.url, set_as_current=False)
-    publisher.conf.task_serializer = "json"
-    publisher.conf.result_backend = private_redis.url
-    results = [
-        publisher.send_task(
-            "emailq.send",
-            kwargs={"to": [f"p{i}@example.com"], "subject": "s", "text": "t"},
-            queue="normal",
-        )  # fmt: skip
-        for i in range(10)
-    ]
+    results = _publish(private_redis.url, "p", 10)
 
     # When it sends them
     start_worker(smtp_server, redis_url=private_redis.url, concurrency=2, pool="processes")
@@ -91,11 +89,7 @@ def test_a_process_pool_leaves_the_ack_to_the_parent_and_keeps_nothing(
     # Then each result arrives and every job leaves the unacked set
     for i, result in enumerate(results):
         assert result.get(timeout=60)["accepted"] == [f"p{i}@example.com"]
-    client = private_redis.client()
-    deadline = time.monotonic() + 10
-    while client.hlen("unacked"):
-        assert time.monotonic() < deadline, client.hkeys("unacked")
-        time.sleep(0.1)
+    _wait_until_nothing_unacked(private_redis.client())
 
 
 def _ready(client: redis.Redis, tag: str) -> None:
