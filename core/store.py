@@ -136,16 +136,19 @@ class ThreadScript:
         if fresh:
             conn = self._local.conn = self.client.connection_pool.make_connection()
         try:
+            return self._call_clean(conn, keys, args)
+        except redis.ConnectionError:
+            if fresh:
+                raise
+            return self._call_clean(conn, keys, args)  # reconnects
+
+    def _call_clean(self, conn: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        try:
             return self._call(conn, keys, args)
         except redis.ResponseError:  # the script's own error: the connection is fine
             raise
-        except redis.ConnectionError:
-            conn.disconnect()
-            if fresh:
-                raise
-            return self._call(conn, keys, args)  # reconnects
         except BaseException:
-            conn.disconnect()  # a timeout leaves a reply on its way: start clean
+            conn.disconnect()  # a timeout leaves a reply on its way: never read it next call
             raise
 
     def _call(self, conn: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
