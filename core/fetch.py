@@ -8,6 +8,9 @@ Here one Lua script does both, atomically (Redis runs a script alone, and writes
 effects to the AOF and to replicas as one ``MULTI``/``EXEC``): it reads the oldest item of
 the first non-empty queue, records it in ``unacked``/``unacked_index`` and only then pops
 it. An item that is not a kombu envelope is moved to the quarantine list in the same step.
+One call takes as many items this way as the channel's prefetch credit allows (at most
+``FETCH_MAX``), each from the first non-empty queue at its turn: a busy worker whose
+threads freed several slots fills them with one round trip and one pass of the event loop.
 Nothing is written before the reads succeed, so a refused write (a full ``noeviction``
 Redis) leaves the queue as it was.
 
@@ -31,12 +34,15 @@ from emailq.core.keys import QUARANTINE, WAKE
 log = logging.getLogger(__name__)
 
 WAKE_CAP = 64  # wake-up entries kept per queue: enough to wake every idle consumer
+FETCH_MAX = 16  # items one fetch takes at most, within the channel's prefetch credit
 QUARANTINE_RAW_BYTES = 64 * 1024  # of an item kept in its record: enough to see what it was
 
 # KEYS: the queue lists in the order to take from, then unacked, unacked_index, quarantine.
-# ARGV: the time now, the bytes of a refused item kept in its quarantine record.
-# Returns nil when every queue is empty, else {key index, item, delivery tag, problem}:
-# the tag is "" and the problem says why for an item moved to the quarantine.
+# ARGV: the time now, the bytes of a refused item kept in its quarantine record, the most
+# items to take. Each item is the oldest of the first non-empty queue at its turn, so a job
+# in an earlier queue is never taken after one in a later queue.
+# Returns nil when every queue is empty, else a list of {key index, item, delivery tag,
+# problem}: the tag is "" and the problem says why for an item moved to the quarantine.
 FETCH_SCRIPT = r"""
 local n = #KEYS - 3
 local unacked, index, quarantine = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
@@ -94,9 +100,13 @@ local function problem(item)
   return nil, props
 end
 
-for i = 1, n do
+local taken, want = {}, tonumber(ARGV[3])
+local i = 1
+while i <= n and #taken < want do
   local item = redis.call('LINDEX', KEYS[i], -1)
-  if item then
+  if not item then
+    i = i + 1
+  else
     local why, props = problem(item)
     if why then
       redis.call('LPUSH', quarantine, cjson.encode({
@@ -104,18 +114,20 @@ for i = 1, n do
         raw = valid_utf8(string.sub(item, 1, tonumber(ARGV[2]))),
       }))
       redis.call('RPOP', KEYS[i])
-      return {i, item, '', why}
+      taken[#taken + 1] = {i, item, '', why}
+    else
+      local info = props.delivery_info
+      -- kombu's QoS.append writes [message, exchange, routing_key]; the item is kept verbatim.
+      redis.call('HSET', unacked, props.delivery_tag, '[' .. item .. ',' ..
+        cjson.encode(info.exchange) .. ',' .. cjson.encode(info.routing_key) .. ']')
+      redis.call('ZADD', index, ARGV[1], props.delivery_tag)
+      redis.call('RPOP', KEYS[i])
+      taken[#taken + 1] = {i, item, props.delivery_tag, ''}
     end
-    local info = props.delivery_info
-    -- kombu's QoS.append writes [message, exchange, routing_key]; the item is kept verbatim.
-    redis.call('HSET', unacked, props.delivery_tag, '[' .. item .. ',' ..
-      cjson.encode(info.exchange) .. ',' .. cjson.encode(info.routing_key) .. ']')
-    redis.call('ZADD', index, ARGV[1], props.delivery_tag)
-    redis.call('RPOP', KEYS[i])
-    return {i, item, props.delivery_tag, ''}
   end
 end
-return nil
+if #taken == 0 then return nil end
+return taken
 """
 # The job, then a wake-up entry unless WAKE_CAP are already waiting. Nothing is written if
 # the LPUSH is refused (a full noeviction Redis).
@@ -156,7 +168,7 @@ class AtomicFetch:
         else:
             keys = [chan._q_for_pri(q, pri) for pri in chan.priority_steps for q in queues]
             keys += [chan.unacked_key, chan.unacked_index_key, QUARANTINE]
-            argv = [repr(time.time()), QUARANTINE_RAW_BYTES]
+            argv = [repr(time.time()), QUARANTINE_RAW_BYTES, self._room()]
             if self._script_cached:
                 args = ["EVALSHA", _SCRIPT_SHA, len(keys), *keys, *argv]
             else:
@@ -190,13 +202,33 @@ class AtomicFetch:
             if reply is None:
                 self._waiting = True
                 raise Empty()
-            index, item, tag, problem = reply
-            self._deliver_fetched(self._sent_keys[int(index) - 1], item, tag, problem)
+            self._deliver_all(reply)
             return True
         finally:
             chan._in_poll = None
             # The connection is idle here: kombu flushes a pending re-auth token now.
             chan._flush_brpop_reauth()
+
+    def _room(self) -> int:
+        """Items one fetch may take: the prefetch credit left, at most ``FETCH_MAX``."""
+        chan: Any = self
+        room = chan.qos.can_consume_max_estimate()
+        return FETCH_MAX if room is None else max(1, min(room, FETCH_MAX))
+
+    def _deliver_all(self, reply: list) -> None:
+        """Deliver every item of one fetch; one that fails leaves the others delivered.
+
+        Each is in ``unacked`` already: one whose delivery raised comes back after the
+        visibility timeout, like a job whose worker died. The first error is raised last.
+        """
+        error: BaseException | None = None
+        for index, item, tag, problem in reply:
+            try:
+                self._deliver_fetched(self._sent_keys[int(index) - 1], item, tag, problem)
+            except Exception as exc:  # noqa: BLE001 - raised below, after the rest
+                error = error or exc
+        if error is not None:
+            raise error
 
     def _refused(self, sent: str | None, exc: Exception) -> bool:
         if isinstance(exc, NoScriptError):  # Redis restarted or flushed its script cache

@@ -9,6 +9,7 @@ from typing import Any
 
 from celery.app import trace
 from celery.signals import (
+    after_setup_logger,
     task_failure,
     task_retry,
     task_revoked,
@@ -66,6 +67,27 @@ def _refuse_to_start_unable_to_send(sender: Any = None, **_: Any) -> None:
 class _NoSuccessLine(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.msg is not trace.LOG_SUCCESS
+
+
+class _OneLine(logging.Filter):
+    """Our lines quote SMTP replies and error texts that a remote server wrote, and smtplib
+    joins a reply's lines with newlines. Escaped, such text cannot start a log line of its
+    own (one that would pass for a line of ours). Tracebacks keep their lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("emailq"):
+            message = record.getMessage()
+            if "\n" in message or "\r" in message:
+                record.msg = message.replace("\r", "\\r").replace("\n", "\\n")
+                record.args = ()
+        return True
+
+
+@after_setup_logger.connect
+def _one_line_per_record(logger: logging.Logger | None = None, **_: Any) -> None:
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, _OneLine) for f in handler.filters):
+            handler.addFilter(_OneLine())
 
 
 @worker_init.connect

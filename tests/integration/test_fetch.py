@@ -22,6 +22,7 @@ from emailq.core.keys import QUARANTINE, WAKE
 from tests.support.redis import RedisServer
 
 QUEUE = Queue("normal", routing_key="normal")
+HIGH = Queue("high", routing_key="high")
 
 
 class Died(BaseException):
@@ -35,10 +36,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def publish(server: RedisServer, body: dict, transport: type = backends.Transport) -> None:
+def publish(
+    server: RedisServer, body: dict, transport: type = backends.Transport, queue: Queue = QUEUE
+) -> None:
     with Connection(server.url, transport=transport) as conn:
         Producer(conn.channel()).publish(
-            body, routing_key="normal", serializer="json", declare=[QUEUE]
+            body, routing_key=queue.routing_key, serializer="json", declare=[queue]
         )
 
 
@@ -263,3 +266,83 @@ def test_acknowledging_on_a_closed_channel_is_a_connection_error(
     with pytest.raises(RedisConnectionError):
         message.ack()
     conn.release()
+
+
+def look_once(
+    server: RedisServer, queues: list[Queue], *, room: int, on_body: Any = None
+) -> tuple[list, dict[str, int]]:
+    """Bodies delivered by one read of one fetch, to a consumer with ``room`` prefetch credit
+    that acknowledges nothing, and the lengths of Redis's lists and unacked set just after."""
+    bodies: list = []
+    redis = server.client()
+
+    def on_message(body: dict, _message) -> None:  # noqa: ANN001 - kombu's Message
+        bodies.append(body)
+        if on_body:
+            on_body(body)
+
+    with Connection(server.url, transport=backends.Transport) as conn:
+        consumer = Consumer(conn, queues, callbacks=[on_message], accept=["json"])
+        consumer.qos(prefetch_count=room)
+        consumer.consume()
+        try:
+            conn.drain_events(timeout=5)
+        finally:
+            lengths = {
+                "unacked": redis.hlen("unacked"), "unacked_index": redis.zcard("unacked_index"),
+                "normal": redis.llen("normal"), "high": redis.llen("high"),
+            }  # fmt: skip
+            if on_body is not None:
+                on_body(lengths)
+    return bodies, lengths
+
+
+def test_one_fetch_fills_the_consumers_room_high_priority_first(
+    redis_server: RedisServer,
+) -> None:
+    # Given three jobs in `normal`, then two in `high`
+    for n in (1, 2, 3):
+        publish(redis_server, {"n": n})
+    for n in (4, 5):
+        publish(redis_server, {"n": n}, queue=HIGH)
+
+    # When a consumer of both queues with room for eight reads one fetch
+    bodies, lengths = look_once(redis_server, [HIGH, QUEUE], room=8)
+
+    # Then all five came in it: the high jobs first, each queue oldest first, all unacked
+    assert [b["n"] for b in bodies] == [4, 5, 1, 2, 3]
+    assert lengths == {"unacked": 5, "unacked_index": 5, "normal": 0, "high": 0}
+
+
+def test_one_fetch_takes_no_more_than_the_prefetch_credit(redis_server: RedisServer) -> None:
+    for n in range(5):
+        publish(redis_server, {"n": n})
+
+    bodies, lengths = look_once(redis_server, [QUEUE], room=2)
+
+    assert [b["n"] for b in bodies] == [0, 1]
+    assert lengths["unacked"] == 2 and lengths["normal"] == 3
+
+
+def test_a_delivery_that_fails_leaves_the_rest_of_its_fetch_delivered(
+    redis_server: RedisServer,
+) -> None:
+    # Given three jobs taken by one fetch, the first of which the consumer fails on
+    for n in (1, 2, 3):
+        publish(redis_server, {"n": n})
+
+    seen: list = []
+
+    def fail_on_first(body: dict) -> None:
+        seen.append(body)
+        if body.get("n") == 1:
+            raise RuntimeError("the consumer failed on this job")
+
+    # When the fetch is read, the error comes out after the others were delivered
+    with pytest.raises(RuntimeError, match="failed on this job"):
+        look_once(redis_server, [QUEUE], room=8, on_body=fail_on_first)
+
+    # and every job, the failed one too, was held in unacked: none lost or left queued
+    *bodies, lengths = seen
+    assert [b["n"] for b in bodies] == [1, 2, 3]
+    assert lengths["unacked"] == 3 and lengths["normal"] == 0
