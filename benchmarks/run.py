@@ -674,16 +674,23 @@ LIMITS = """## What limits it, and what was tried
   (`core/store.py` `ThreadScript`), without redis-py's per-command pool work; hiredis
   for redis-py; the From address parsed once. The worker sends Redis 3.6 commands per
   single job where it sent about 18 (tests/integration/test_round_trips.py counts them).
-  **Before and after**, measured with `benchmarks/cpu_per_job.py` (worker CPU time from
-  the 200th to the 3,000th job; the build before this round, commit 9527914, run first in
-  each of 5 back-to-back pairs on this machine, idle otherwise): 6.1–6.6 ms per job
-  before, 3.1–3.6 ms now; ratios 0.47–0.55 per pair, median 0.53 (0.52 leaving out the
-  pair profiled with py-spy). About half, not quite half at the median. A job's CPU
-  now goes about 38% to the task body (SMTP 10%, the two ledger scripts 10%, the message
-  bytes 3%, the result 3%), 13% to Celery receiving the message (its strategy, Request
-  and the pool hand-off), 6% to the text repr of the result Celery makes for the
-  task-succeeded event, about 10% to the three task events, 3.5% to tracking, and a
-  quarter to system time (socket calls and the GIL's hand-offs between 17 threads).
+  Then, in a second round: one run of the fetch script takes as many jobs as the process
+  has free prefetch slots, up to 16 (`core/fetch.py`; 2.9 jobs per run while draining a
+  backlog), so a busy worker refills its threads with one round trip and one pass of
+  Celery's event loop; and the text of a result in its task-succeeded event is Python's
+  `repr` where the result is plain data, not Celery's streaming `saferepr`, which took 6%
+  of a job's CPU (`worker/resultrepr.py`).
+  **Before and after**, measured with `benchmarks/cpu_per_job.py` (worker CPU time, user
+  and system, from the 200th to the 5,000th job; the build before any of this work,
+  commit 9527914, run first in each of 5 back-to-back pairs on this machine, idle
+  otherwise): 2.22–2.37 ms per job before, 0.99–1.13 ms now; ratios 0.43–0.48 per pair,
+  **median 0.46** (another 4 pairs earlier: 0.44–0.46). **Less than half.** The same pairs
+  gave 0.49 and 0.54 for the build with the first round only. A job's CPU now goes (py-spy
+  `--gil`, GIL-holding samples) about 45% to the task body (the ledger's two scripts 17%,
+  SMTP 11%, the message bytes 4%, checking the payload 3%), 16% to Celery's event loop
+  (the fetch and Celery receiving the message 8%, polling 4%), 16% to the three task
+  events, 10% to the tracking store's writes, and 0.5% to the result's text; a third of
+  the CPU time is system time (socket calls and the GIL's hand-offs between 17 threads).
   Halving it again would mean leaving Celery's one-message-per-job model for single
   jobs, or turning off the task events Flower shows.
 - **Bulk jobs:** `enqueue_bulk` sends 25 jobs per task, so Celery's cost is shared. A
@@ -716,9 +723,10 @@ LIMITS = """## What limits it, and what was tried
 - **Enqueue:** `delay()` is one Redis command after validation (a Lua script pushes the
   job and the queue's wake-up entry for idle workers), plus the "queued" tracking event:
   one RPUSH, or a pipeline with the idempotency key's window when there is one.
-- **Fetch:** a worker takes a job and records it as unacknowledged in one Lua script
-  (`core/fetch.py`). `enqueue_bulk` renders each recipient's template once, checks each
-  address's domain once per process, and publishes one task per 25 jobs.
+- **Fetch:** a worker takes jobs and records them as unacknowledged in one Lua script,
+  as many per call as it has free prefetch slots, up to 16 (`core/fetch.py`).
+  `enqueue_bulk` renders each recipient's template once, checks each address's domain
+  once per process, and publishes one task per 25 jobs.
 """
 
 
