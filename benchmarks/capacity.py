@@ -1259,14 +1259,15 @@ WASTE: list[tuple[Any, str, str]] = [
     ),
     (
         lambda lab: _fetches(lab) and "found none" in lab,
-        "empty fetches (`core/fetch.py` `AtomicFetch`): a channel fetches again after every "
-        "take until a fetch finds nothing, and every wake-up entry (up to `WAKE_CAP`, 64, "
-        "per burst) makes an idle channel fetch; when jobs trickle in, each job's wake-up "
-        "costs an empty fetch too. An empty fetch runs 8 LINDEX over kombu's priority "
-        "sub-queues, which nothing here publishes to",
-        "the fetch script could return whether the list it took from is now empty (LLEN "
-        "after the RPOP), so the channel goes back to waiting without an empty fetch; "
-        "`priority_steps=[0]` (2 LINDEX instead of 8)",
+        "empty fetches (`core/fetch.py` `AtomicFetch`): a fetch that took fewer jobs than "
+        "it had room for emptied the queues, and its channel goes back to waiting; but "
+        "every wake-up entry (up to `WAKE_CAP`, 64, per burst) still makes a waiting "
+        "channel fetch, and while a backlog drains most find its jobs already taken. An "
+        "empty fetch runs 8 LINDEX over kombu's priority sub-queues, which nothing here "
+        "publishes to",
+        "a fetch that empties the queues could also drop their wake-up entries (a burst "
+        "would then wake one channel, not as many as it has jobs); `priority_steps=[0]` "
+        "(2 LINDEX instead of 8), which would strand jobs already in sub-queues",
     ),
     (
         lambda lab: lab.startswith("LLEN high"),

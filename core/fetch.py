@@ -14,7 +14,8 @@ threads freed several slots fills them with one round trip and one pass of the e
 Nothing is written before the reads succeed, so a refused write (a full ``noeviction``
 Redis) leaves the queue as it was.
 
-A script cannot block, so an idle channel waits with ``BRPOP`` on a per-queue wake-up list
+A script cannot block, so a channel whose fetch found nothing, or took fewer items than
+it had room for (it emptied every queue), waits with ``BRPOP`` on a per-queue wake-up list
 that these channels push to whenever they publish (``WAKE`` + queue, capped at
 ``WAKE_CAP`` entries), for at most ``brpop_timeout`` (1 s), then looks again. A job
 published by another kombu client rings no bell and is found within that second.
@@ -150,7 +151,8 @@ class AtomicFetch:
     _recorded_tag: str | None = None  # the tag the script recorded, while it is delivered
     _sent: str | None = None  # "fetch" or "wait": the command awaiting its reply
     _sent_keys: list[str] = []  # noqa: RUF012 - replaced per channel, never mutated
-    _waiting = False  # the last fetch found every queue empty
+    _waiting = False  # the last fetch left every queue empty
+    _sent_room = 1  # the most items the fetch awaiting its reply may take
     _script_cached = False  # Redis has run FETCH_SCRIPT since it last started
     _refusal: str | None = None  # the error Redis last refused a fetch with, until one works
 
@@ -168,7 +170,8 @@ class AtomicFetch:
         else:
             keys = [chan._q_for_pri(q, pri) for pri in chan.priority_steps for q in queues]
             keys += [chan.unacked_key, chan.unacked_index_key, QUARANTINE]
-            argv = [repr(time.time()), QUARANTINE_RAW_BYTES, self._room()]
+            self._sent_room = self._room()
+            argv = [repr(time.time()), QUARANTINE_RAW_BYTES, self._sent_room]
             if self._script_cached:
                 args = ["EVALSHA", _SCRIPT_SHA, len(keys), *keys, *argv]
             else:
@@ -202,6 +205,10 @@ class AtomicFetch:
             if reply is None:
                 self._waiting = True
                 raise Empty()
+            # Fewer items than it had room for: it emptied every queue. The channel waits for
+            # a wake-up rather than spend a fetch on finding nothing (jobs that trickle in
+            # cost one fetch each, not two).
+            self._waiting = len(reply) < self._sent_room
             self._deliver_all(reply)
             return True
         finally:

@@ -6,8 +6,10 @@ the transport's delivery raise: nothing after the fetch's reply runs. kombu's st
 transport is run the same way, to show the gap this closes.
 """
 
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 
-from emailq.core import backends
+from emailq.core import backends, fetch
 from emailq.core.keys import QUARANTINE, WAKE
 from tests.support.redis import RedisServer
 
@@ -346,3 +348,61 @@ def test_a_delivery_that_fails_leaves_the_rest_of_its_fetch_delivered(
     *bodies, lengths = seen
     assert [b["n"] for b in bodies] == [1, 2, 3]
     assert lengths["unacked"] == 3 and lengths["normal"] == 0
+
+
+@contextmanager
+def watching(server: RedisServer) -> Iterator[list[str]]:
+    """Every command Redis runs meanwhile (MONITOR), as text."""
+    seen: list[str] = []
+    with server.client().monitor() as monitor:
+
+        def listen() -> None:
+            with suppress(Exception):  # the connection closes under it at the end
+                while True:
+                    seen.append(monitor.next_command()["command"])
+
+        thread = threading.Thread(target=listen, daemon=True)
+        thread.start()
+        try:
+            yield seen
+        finally:
+            time.sleep(0.2)  # the last commands reach the monitor
+            monitor.connection.disconnect()
+            thread.join(timeout=5)
+
+
+def _is_fetch(command: str) -> bool:
+    script = command.startswith("EVAL ") and "unacked, index, quarantine" in command
+    return script or command.startswith(f"EVALSHA {fetch._SCRIPT_SHA}")
+
+
+def test_a_fetch_that_empties_the_queues_is_followed_by_a_wait_not_another_fetch(
+    redis_server: RedisServer,
+) -> None:
+    # Given one job queued (its wake-up entry already taken), and a consumer with room for more
+    publish(redis_server, {"n": 1})
+    redis = redis_server.client()
+    redis.delete(WAKE + "normal")
+    bodies: list = []
+    with (
+        watching(redis_server) as seen,
+        Connection(redis_server.url, transport=backends.Transport) as conn,
+    ):
+        callbacks = [lambda body, message: (bodies.append(body), message.ack())]
+        with Consumer(conn, [QUEUE], callbacks=callbacks, accept=["json"]) as consumer:
+            consumer.qos(prefetch_count=8)
+            # When it takes the job and then goes on looking
+            conn.drain_events(timeout=5)
+            drain(conn, bodies, 2, seconds=0.5)
+            # Then that one fetch was the only one: the channel went to wait for a wake-up
+            assert bodies == [{"n": 1}]
+            assert [c.split()[0] for c in seen if _is_fetch(c) or c.startswith("BRPOP")] == [
+                "EVAL", "BRPOP"
+            ]  # fmt: skip
+
+            # and the next job published wakes it at once
+            publish(redis_server, {"n": 2})
+            started = time.monotonic()
+            drain(conn, bodies, 2, seconds=5)
+            assert bodies == [{"n": 1}, {"n": 2}]
+            assert time.monotonic() - started < 0.5
