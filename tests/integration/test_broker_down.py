@@ -18,6 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert, select
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
@@ -209,8 +212,11 @@ def test_a_redis_restart_between_two_calls_is_not_an_error(private_redis):
     restart = f"""
         import shutil, subprocess
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
         enqueue_email.delay(**GOOD)
-        redis.Redis(port={private_redis.port}).shutdown(nosave=True)
+        # (without retries: redis-py would retry SHUTDOWN against the closed port for seconds)
+        redis.Redis(port={private_redis.port}, retry=Retry(NoBackoff(), 0)).shutdown(nosave=True)
         subprocess.Popen(
             [shutil.which("redis-server"), "--port", "{private_redis.port}", "--save", "",
              "--bind", "127.0.0.1", "--appendonly", "no"],
@@ -232,7 +238,8 @@ def test_a_redis_restart_between_two_calls_is_not_an_error(private_redis):
     assert outcome["error"] is None, outcome
     client = private_redis.client()
     assert client.llen("normal") == 1
-    client.shutdown(nosave=True)  # the restarted server is not the fixture's process
+    # the restarted server is not the fixture's process
+    redis.Redis(port=private_redis.port, retry=Retry(NoBackoff(), 0)).shutdown(nosave=True)
 
 
 # --- a Redis near its maxmemory --------------------------------------------------------
