@@ -271,32 +271,33 @@ def test_acknowledging_on_a_closed_channel_is_a_connection_error(
 
 
 def look_once(
-    server: RedisServer, queues: list[Queue], *, room: int, on_body: Any = None
-) -> tuple[list, dict[str, int]]:
-    """Bodies delivered by one read of one fetch, to a consumer with ``room`` prefetch credit
-    that acknowledges nothing, and the lengths of Redis's lists and unacked set just after."""
+    server: RedisServer, queues: list[Queue], *, room: int, fail_on: int | None = None
+) -> tuple[list, dict[str, int], Exception | None]:
+    """One read of one fetch by a consumer with ``room`` prefetch credit that acknowledges
+    nothing and fails on the body ``{"n": fail_on}``: the bodies it was given, the lengths
+    of Redis's lists and unacked set just after, and the error the read raised."""
     bodies: list = []
     redis = server.client()
 
     def on_message(body: dict, _message) -> None:  # noqa: ANN001 - kombu's Message
         bodies.append(body)
-        if on_body:
-            on_body(body)
+        if body.get("n") == fail_on:
+            raise RuntimeError("the consumer failed on this job")
 
+    error = None
     with Connection(server.url, transport=backends.Transport) as conn:
         consumer = Consumer(conn, queues, callbacks=[on_message], accept=["json"])
         consumer.qos(prefetch_count=room)
         consumer.consume()
         try:
             conn.drain_events(timeout=5)
-        finally:
-            lengths = {
-                "unacked": redis.hlen("unacked"), "unacked_index": redis.zcard("unacked_index"),
-                "normal": redis.llen("normal"), "high": redis.llen("high"),
-            }  # fmt: skip
-            if on_body is not None:
-                on_body(lengths)
-    return bodies, lengths
+        except RuntimeError as exc:
+            error = exc
+        lengths = {
+            "unacked": redis.hlen("unacked"), "unacked_index": redis.zcard("unacked_index"),
+            "normal": redis.llen("normal"), "high": redis.llen("high"),
+        }  # fmt: skip
+    return bodies, lengths, error
 
 
 def test_one_fetch_fills_the_consumers_room_high_priority_first(
@@ -309,7 +310,7 @@ def test_one_fetch_fills_the_consumers_room_high_priority_first(
         publish(redis_server, {"n": n}, queue=HIGH)
 
     # When a consumer of both queues with room for eight reads one fetch
-    bodies, lengths = look_once(redis_server, [HIGH, QUEUE], room=8)
+    bodies, lengths, _ = look_once(redis_server, [HIGH, QUEUE], room=8)
 
     # Then all five came in it: the high jobs first, each queue oldest first, all unacked
     assert [b["n"] for b in bodies] == [4, 5, 1, 2, 3]
@@ -320,7 +321,7 @@ def test_one_fetch_takes_no_more_than_the_prefetch_credit(redis_server: RedisSer
     for n in range(5):
         publish(redis_server, {"n": n})
 
-    bodies, lengths = look_once(redis_server, [QUEUE], room=2)
+    bodies, lengths, _ = look_once(redis_server, [QUEUE], room=2)
 
     assert [b["n"] for b in bodies] == [0, 1]
     assert lengths["unacked"] == 2 and lengths["normal"] == 3
@@ -333,20 +334,12 @@ def test_a_delivery_that_fails_leaves_the_rest_of_its_fetch_delivered(
     for n in (1, 2, 3):
         publish(redis_server, {"n": n})
 
-    seen: list = []
-
-    def fail_on_first(body: dict) -> None:
-        seen.append(body)
-        if body.get("n") == 1:
-            raise RuntimeError("the consumer failed on this job")
-
     # When the fetch is read, the error comes out after the others were delivered
-    with pytest.raises(RuntimeError, match="failed on this job"):
-        look_once(redis_server, [QUEUE], room=8, on_body=fail_on_first)
+    bodies, lengths, error = look_once(redis_server, [QUEUE], room=8, fail_on=1)
+    assert isinstance(error, RuntimeError) and "failed on this job" in str(error)
+    assert [b["n"] for b in bodies] == [1, 2, 3]
 
     # and every job, the failed one too, was held in unacked: none lost or left queued
-    *bodies, lengths = seen
-    assert [b["n"] for b in bodies] == [1, 2, 3]
     assert lengths["unacked"] == 3 and lengths["normal"] == 0
 
 
